@@ -1,1 +1,18 @@
+//! Patroni hooks that keep an external PgBouncer (`pool_mode=transaction`) in step with the
+//! cluster: PAUSE before the outgoing leader stops, RESUME once the new primary accepts writes.
+//!
+//! The library holds everything; `bin/` only parses flags and calls in. Decisions
+//! ([`decision`]) and parsing ([`patronictl`]) are pure functions over data so they can be
+//! tested with tables and property tests; I/O lives in [`pgbouncer`], [`postgres`] and
+//! [`patronictl::run`].
 
+pub mod config;
+pub mod decision;
+pub mod exit;
+pub mod logging;
+pub mod patronictl;
+pub mod pause;
+pub mod pgbouncer;
+pub mod postgres;
+pub mod report;
+pub mod route;

@@ -1,0 +1,502 @@
+//! A client for PgBouncer's admin console, and the fan-out to every PgBouncer at once.
+//!
+//! The console speaks only the simple query protocol, rejects the `options` startup
+//! parameter before 1.20, and answers every error with SQLSTATE 08P01, so outcomes are told
+//! apart by message text. Dropping a connection while PAUSE drains leaves PgBouncer pausing
+//! (that is what `before-stop` wants when its bound runs out); a CancelRequest on it resumes.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokio_postgres::config::Host;
+use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
+
+/// One PgBouncer process to drive: a single address, never a name that resolves to several.
+#[derive(Clone)]
+pub struct Target {
+    /// The URL as it may be logged: no password.
+    pub shown: String,
+    config: Config,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+/// A `--pgbouncer` URL, parsed but not resolved.
+#[derive(Clone)]
+pub struct Url {
+    pub shown: String,
+    config: Config,
+}
+
+impl Url {
+    pub fn parse(text: &str) -> Result<Url> {
+        let config = Config::from_str(text.trim()).map_err(|err| {
+            anyhow!(
+                "{:?} is not a PostgreSQL URL ({err}): expected e.g. postgresql://pgbouncer_admin@pgbouncer:6432/pgbouncer",
+                redact(text)
+            )
+        })?;
+        if config.get_hosts().is_empty() {
+            bail!("{:?} names no host", redact(text));
+        }
+        let shown = show(&config, None);
+        Ok(Url { shown, config })
+    }
+
+    pub fn has_password(&self) -> bool {
+        self.config.get_password().is_some()
+    }
+
+    /// Every address the URL's hosts resolve to, each its own target.
+    pub async fn resolve(&self, password: Option<&str>, timeout: Duration) -> Result<Vec<Target>> {
+        let ports = self.config.get_ports();
+        let mut targets = Vec::new();
+        for (i, host) in self.config.get_hosts().iter().enumerate() {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                Host::Tcp(name) => {
+                    let addresses: Vec<IpAddr> = match name.parse::<IpAddr>() {
+                        Ok(ip) => vec![ip],
+                        Err(_) => {
+                            let found = tokio::time::timeout(
+                                timeout,
+                                tokio::net::lookup_host((name.as_str(), port)),
+                            )
+                            .await
+                            .map_err(|_| anyhow!("resolving {name} took longer than {timeout:?}"))?
+                            .with_context(|| {
+                                format!(
+                                    "cannot resolve PgBouncer host {name:?} (check --pgbouncer)"
+                                )
+                            })?;
+                            let mut ips: Vec<IpAddr> = found.map(|a| a.ip()).collect();
+                            ips.sort();
+                            ips.dedup();
+                            ips
+                        }
+                    };
+                    for ip in addresses {
+                        let mut config = self.base(password);
+                        config.host(ip.to_string()).port(port);
+                        let label = (ip.to_string() != *name).then_some(name.as_str());
+                        targets.push(Target {
+                            shown: show(&config, label),
+                            config,
+                        });
+                    }
+                }
+                #[cfg(unix)]
+                Host::Unix(path) => {
+                    let mut config = self.base(password);
+                    config.host_path(path).port(port);
+                    targets.push(Target {
+                        shown: show(&config, None),
+                        config,
+                    });
+                }
+            }
+        }
+        Ok(targets)
+    }
+
+    fn base(&self, password: Option<&str>) -> Config {
+        let mut config = Config::new();
+        config.dbname(self.config.get_dbname().unwrap_or("pgbouncer"));
+        if let Some(user) = self.config.get_user() {
+            config.user(user);
+        }
+        if let Some(password) = self.config.get_password().or(password.map(str::as_bytes)) {
+            config.password(password);
+        }
+        config
+    }
+}
+
+/// A URL with its password replaced, for error messages about URLs that did not parse.
+pub fn redact(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        if let Some((userinfo, hostport)) = authority.rsplit_once('@') {
+            let user = userinfo.split(':').next().unwrap_or("");
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            return format!("{scheme}://{user}{hidden}@{hostport}{tail}");
+        }
+        return url.to_string();
+    }
+    // key=value form: hide the value of password=.
+    url.split_whitespace()
+        .map(|pair| {
+            if pair.starts_with("password=") {
+                "password=***"
+            } else {
+                pair
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn show(config: &Config, name: Option<&str>) -> String {
+    let user = config
+        .get_user()
+        .map(|u| format!("{u}@"))
+        .unwrap_or_default();
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) if h.contains(':') => format!("[{h}]"),
+        Some(Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => String::new(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or("pgbouncer");
+    let via = name.map(|n| format!(" ({n})")).unwrap_or_default();
+    format!("postgresql://{user}{host}:{port}/{db}{via}")
+}
+
+/// An open admin-console session.
+pub struct Admin {
+    client: Client,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+/// What the admin console answered to PAUSE or RESUME.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Done,
+    /// PAUSE on a paused PgBouncer, or RESUME on one that was not paused.
+    AlreadyThere,
+}
+
+/// `SHOW STATE`, PgBouncer >= 1.19.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct State {
+    pub paused: bool,
+    pub suspended: bool,
+}
+
+impl Admin {
+    /// Connects and authenticates, bounded by `timeout`.
+    pub async fn connect(target: &Target, timeout: Duration) -> Result<Admin> {
+        let attempt = async {
+            let mut config = target.config.clone();
+            config.connect_timeout(timeout);
+            config.connect(NoTls).await
+        };
+        let (client, connection) = match tokio::time::timeout(timeout, attempt).await {
+            Err(_) => bail!(
+                "{}: no answer within {timeout:?} (is PgBouncer up and reachable? raise --connect-timeout if it is just slow)",
+                target.shown
+            ),
+            Ok(Err(err)) => return Err(connect_error(target, err)),
+            Ok(Ok(pair)) => pair,
+        };
+        let connection = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Admin { client, connection })
+    }
+
+    async fn query(&self, sql: &str) -> Result<Vec<SimpleQueryMessage>, String> {
+        self.client
+            .simple_query(sql)
+            .await
+            .map_err(|err| message(&err))
+    }
+
+    /// PAUSE; waits for in-flight transactions with no bound of its own.
+    pub async fn pause(&self) -> Result<Answer> {
+        match self.query("PAUSE").await {
+            Ok(_) => Ok(Answer::Done),
+            Err(m) if m.contains("already suspended/paused") => Ok(Answer::AlreadyThere),
+            Err(m) => Err(admin_error("PAUSE", &m)),
+        }
+    }
+
+    pub async fn resume(&self) -> Result<Answer> {
+        match self.query("RESUME").await {
+            Ok(_) => Ok(Answer::Done),
+            Err(m) if m.contains("not paused/suspended") => Ok(Answer::AlreadyThere),
+            Err(m) => Err(admin_error("RESUME", &m)),
+        }
+    }
+
+    /// `Ok(None)` when this PgBouncer has no `SHOW STATE` (before 1.19).
+    pub async fn state(&self) -> Result<Option<State>> {
+        match self.query("SHOW STATE").await {
+            Ok(messages) => parse_state(&messages).map(Some),
+            Err(m)
+                if m.contains("unknown") || m.contains("unsupported") || m.contains("invalid") =>
+            {
+                Ok(None)
+            }
+            Err(m) => Err(admin_error("SHOW STATE", &m)),
+        }
+    }
+
+    pub async fn version(&self) -> Result<String> {
+        let messages = self
+            .query("SHOW VERSION")
+            .await
+            .map_err(|m| admin_error("SHOW VERSION", &m))?;
+        rows(&messages)
+            .into_iter()
+            .find_map(|row| row.into_iter().next())
+            .ok_or_else(|| anyhow!("SHOW VERSION returned no row"))
+    }
+
+    /// `SHOW CONFIG` as key/value pairs.
+    pub async fn config(&self) -> Result<Vec<(String, String)>> {
+        let messages = self
+            .query("SHOW CONFIG")
+            .await
+            .map_err(|m| admin_error("SHOW CONFIG", &m))?;
+        Ok(rows(&messages)
+            .into_iter()
+            .filter_map(|row| {
+                let mut fields = row.into_iter();
+                Some((fields.next()?, fields.next()?))
+            })
+            .collect())
+    }
+
+    /// Aborts a pending PAUSE on this session: PgBouncer resumes on a CancelRequest.
+    pub async fn cancel(&self) -> Result<()> {
+        self.client
+            .cancel_token()
+            .cancel_query(NoTls)
+            .await
+            .map_err(|err| anyhow!("cancel request failed: {}", message(&err)))
+    }
+}
+
+fn rows(messages: &[SimpleQueryMessage]) -> Vec<Vec<String>> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).unwrap_or("").to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `SHOW STATE` prints `key | value` rows: active, paused, suspended.
+fn parse_state(messages: &[SimpleQueryMessage]) -> Result<State> {
+    let rows = rows(messages);
+    let flag = |key: &str| -> Result<bool> {
+        let row = rows
+            .iter()
+            .find(|row| row.first().map(String::as_str) == Some(key))
+            .ok_or_else(|| anyhow!("SHOW STATE has no {key:?} row"))?;
+        match row.get(1).map(String::as_str) {
+            Some("yes") => Ok(true),
+            Some("no") => Ok(false),
+            other => bail!("SHOW STATE says {key} = {other:?}"),
+        }
+    };
+    Ok(State {
+        paused: flag("paused")?,
+        suspended: flag("suspended")?,
+    })
+}
+
+/// The server's own message when there is one, else tokio-postgres' description.
+fn message(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => {
+            let mut text = err.to_string();
+            let mut source = std::error::Error::source(err);
+            while let Some(cause) = source {
+                let cause = cause.to_string();
+                if !text.contains(&cause) {
+                    text = format!("{text}: {cause}");
+                }
+                source = cause_source(source);
+            }
+            text
+        }
+    }
+}
+
+fn cause_source<'a>(
+    error: Option<&'a (dyn std::error::Error + 'static)>,
+) -> Option<&'a (dyn std::error::Error + 'static)> {
+    error.and_then(|e| e.source())
+}
+
+fn connect_error(target: &Target, err: tokio_postgres::Error) -> anyhow::Error {
+    let text = message(&err);
+    let hint = if text.contains("password authentication failed")
+        || text.contains("SASL authentication failed")
+        || text.contains("password missing")
+        || text.contains("no such user")
+    {
+        "check the admin user and PGBOUNCER_PASSWORD / PGBOUNCER_PASSWORD_FILE"
+    } else if text.contains("not allowed") || text.contains("no such database") {
+        "connect to the `pgbouncer` database as a user listed in admin_users"
+    } else if text.contains("refused") {
+        "is PgBouncer running there? check --pgbouncer"
+    } else {
+        "check --pgbouncer and that PgBouncer is reachable"
+    };
+    anyhow!("{}: {text} ({hint})", target.shown)
+}
+
+fn admin_error(command: &str, message: &str) -> anyhow::Error {
+    let hint = if message.contains("admin access needed") {
+        " (the user must be in PgBouncer's admin_users)"
+    } else {
+        ""
+    };
+    anyhow!("{command} failed: {message}{hint}")
+}
+
+/// One target's result, with how long it took.
+pub struct Outcome<T> {
+    pub target: Target,
+    pub result: Result<T>,
+    pub elapsed: Duration,
+}
+
+/// Runs `work` against every target at once and collects every outcome, in target order.
+pub async fn each<T, F, Fut>(targets: &[Target], work: F) -> Vec<Outcome<T>>
+where
+    T: Send + 'static,
+    F: Fn(Target) -> Fut,
+    Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    for (index, target) in targets.iter().enumerate() {
+        let future = work(target.clone());
+        set.spawn(async move {
+            let started = Instant::now();
+            let result = future.await;
+            (index, result, started.elapsed())
+        });
+    }
+    let mut outcomes: Vec<Option<Outcome<T>>> = targets.iter().map(|_| None).collect();
+    while let Some(joined) = set.join_next().await {
+        if let Ok((index, result, elapsed)) = joined {
+            outcomes[index] = Some(Outcome {
+                target: targets[index].clone(),
+                result,
+                elapsed,
+            });
+        }
+    }
+    outcomes
+        .into_iter()
+        .zip(targets)
+        .map(|(outcome, target)| {
+            outcome.unwrap_or_else(|| Outcome {
+                target: target.clone(),
+                result: Err(anyhow!("the task driving this target failed")),
+                elapsed: Duration::ZERO,
+            })
+        })
+        .collect()
+}
+
+/// Resolves every URL; a URL that does not resolve is reported, the others still count.
+pub async fn resolve_all(
+    urls: &[Url],
+    password: Option<&str>,
+    timeout: Duration,
+) -> (Vec<Target>, Vec<String>) {
+    let mut targets = Vec::new();
+    let mut failures = Vec::new();
+    for url in urls {
+        match url.resolve(password, timeout).await {
+            Ok(found) if found.is_empty() => {
+                failures.push(format!("{}: resolves to no address", url.shown))
+            }
+            Ok(found) => targets.extend(found),
+            Err(err) => failures.push(format!("{}: {err:#}", url.shown)),
+        }
+    }
+    (targets, failures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction() {
+        let table = [
+            (
+                "postgresql://admin:s3cret@pgb:6432/pgbouncer",
+                "postgresql://admin:***@pgb:6432/pgbouncer",
+            ),
+            (
+                "postgresql://admin@pgb/pgbouncer",
+                "postgresql://admin@pgb/pgbouncer",
+            ),
+            ("postgres://a:b:c@h", "postgres://a:***@h"),
+            ("host=h password=x user=u", "host=h password=*** user=u"),
+        ];
+        for (url, shown) in table {
+            assert_eq!(redact(url), shown);
+        }
+    }
+
+    #[test]
+    fn shown_urls_never_carry_the_password() {
+        let url = Url::parse("postgresql://admin:s3cret@127.0.0.1:6432/pgbouncer").unwrap();
+        assert!(!url.shown.contains("s3cret"), "{}", url.shown);
+        assert!(url.has_password());
+        let err = Url::parse("postgresql://admin:s3cret@h:notaport/pgbouncer")
+            .err()
+            .unwrap();
+        assert!(!format!("{err:#}").contains("s3cret"), "{err:#}");
+    }
+
+    #[test]
+    fn default_database_is_the_admin_console() {
+        let url = Url::parse("postgresql://admin@127.0.0.1:6432").unwrap();
+        assert_eq!(url.shown, "postgresql://admin@127.0.0.1:6432/pgbouncer");
+    }
+
+    #[tokio::test]
+    async fn literal_addresses_resolve_without_dns() {
+        let url = Url::parse("postgresql://admin@127.0.0.1:6432,[::1]:6433/pgbouncer").unwrap();
+        let targets = url.resolve(None, Duration::from_secs(1)).await.unwrap();
+        let shown: Vec<&str> = targets.iter().map(|t| t.shown.as_str()).collect();
+        assert_eq!(
+            shown,
+            [
+                "postgresql://admin@127.0.0.1:6432/pgbouncer",
+                "postgresql://admin@[::1]:6433/pgbouncer"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn localhost_may_be_several_targets() {
+        let url = Url::parse("postgresql://admin@localhost:6432/pgbouncer").unwrap();
+        let targets = url.resolve(None, Duration::from_secs(2)).await.unwrap();
+        assert!(!targets.is_empty());
+        assert!(
+            targets.iter().all(|t| t.shown.ends_with("(localhost)")),
+            "{targets:?}"
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! Waiting for PgBouncer's route to the cluster to reach the new primary.
+//!
+//! A read-write Service (or HAProxy) follows a promotion a little late. RESUMEd too early,
+//! PgBouncer's first login goes to the old address, fails, and PgBouncer waits
+//! `server_login_retry` (15 s by default) before trying again: a short pause becomes a long
+//! stall. So RESUME waits until the upstream answers from this very server.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::postgres::Local;
+
+/// What makes one server distinguishable from another member of the same cluster: the
+/// cluster's system identifier is shared by all members, the postmaster start time is not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub system_identifier: String,
+    pub started: String,
+    pub in_recovery: bool,
+}
+
+const IDENTITY_SQL: &str = "SELECT system_identifier::text, pg_postmaster_start_time()::text, pg_is_in_recovery()::text FROM pg_control_system()";
+
+pub async fn identity(client: &Client) -> Result<Identity> {
+    let messages = client
+        .simple_query(IDENTITY_SQL)
+        .await
+        .map_err(|err| anyhow!("{}", crate::postgres::describe(&err)))?;
+    for message in messages {
+        if let SimpleQueryMessage::Row(row) = message {
+            let field = |i: usize| row.get(i).unwrap_or("").to_string();
+            return Ok(Identity {
+                system_identifier: field(0),
+                started: field(1),
+                in_recovery: field(2) == "true",
+            });
+        }
+    }
+    bail!("identity query returned no row")
+}
+
+/// Whether `upstream` is this very server and writable.
+pub fn reaches(local: &Identity, upstream: &Identity) -> bool {
+    !upstream.in_recovery
+        && upstream.system_identifier == local.system_identifier
+        && upstream.started == local.started
+}
+
+/// Polls every upstream with a fresh connection each time (a pooled one would stick to the
+/// old route) until each reaches this member, or `timeout` passes. Never fails: a stale
+/// route is logged loudly and RESUME goes ahead, since a pause that never ends is worse.
+pub async fn wait_for_route(
+    local: &Local,
+    upstreams: &[Local],
+    poll: Duration,
+    timeout: Duration,
+) -> bool {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let me = match local.connect(Duration::from_secs(5)).await {
+        Ok(client) => identity(&client).await,
+        Err(err) => Err(err),
+    };
+    let me = match me {
+        Ok(me) => me,
+        Err(err) => {
+            tracing::warn!("cannot tell the local Postgres' identity ({err:#}); RESUME without verifying the route");
+            return false;
+        }
+    };
+    let poll = poll.max(Duration::from_millis(1));
+    let max_polls = timeout.as_millis() / poll.as_millis() + 2;
+    let mut pending: Vec<&Local> = upstreams.iter().collect();
+    let mut last = String::new();
+    for _ in 0..max_polls {
+        let mut still = Vec::new();
+        for upstream in pending {
+            let remaining = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            let seen = tokio::time::timeout(remaining.min(Duration::from_secs(2)), async {
+                let client = upstream
+                    .connect(remaining.min(Duration::from_secs(2)))
+                    .await?;
+                identity(&client).await
+            })
+            .await
+            .map_err(|_| anyhow!("no answer"))
+            .and_then(|r| r);
+            match seen {
+                Ok(them) if reaches(&me, &them) => {
+                    tracing::info!(upstream = %upstream.shown, route_ms = started.elapsed().as_millis(), "route reaches this member");
+                }
+                Ok(them) => {
+                    last = format!(
+                        "{} answers from another server (in_recovery={})",
+                        upstream.shown, them.in_recovery
+                    );
+                    still.push(upstream);
+                }
+                Err(err) => {
+                    last = format!("{err:#}");
+                    still.push(upstream);
+                }
+            }
+        }
+        pending = still;
+        if pending.is_empty() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(poll.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+    tracing::error!(
+        "ROUTE STALE: after {timeout:?} the upstream still does not reach this member ({last}); RESUMING ANYWAY, PgBouncer may need server_login_retry to reconnect"
+    );
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(sys: &str, started: &str, in_recovery: bool) -> Identity {
+        Identity {
+            system_identifier: sys.into(),
+            started: started.into(),
+            in_recovery,
+        }
+    }
+
+    #[test]
+    fn only_this_writable_server_counts() {
+        let me = id("7", "t1", false);
+        assert!(reaches(&me, &id("7", "t1", false)));
+        assert!(!reaches(&me, &id("7", "t1", true)));
+        assert!(
+            !reaches(&me, &id("7", "t0", false)),
+            "old primary of the same cluster"
+        );
+        assert!(!reaches(&me, &id("8", "t1", false)), "another cluster");
+    }
+}
