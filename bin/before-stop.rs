@@ -188,16 +188,13 @@ async fn run_async(cli: &Cli) -> Result<u8> {
     )
     .await;
     let pause_ms = pause_started.elapsed().as_millis();
-    if result.paused > 0 && !cli.max_pause.is_zero() {
+    let pausing = result.paused + result.draining;
+    if pausing > 0 && !cli.max_pause.is_zero() {
         if let Err(err) = pause::arm_safety_net(&result.paused_targets, cli.max_pause) {
             tracing::warn!("could not start the pause safety net: {err:#}");
         }
     }
-    let code = if result.paused > 0 {
-        exit::OK
-    } else {
-        exit::FAILURE
-    };
+    let code = if pausing > 0 { exit::OK } else { exit::FAILURE };
     tracing::info!(
         decision = "pause",
         read_view_ms,
@@ -206,10 +203,11 @@ async fn run_async(cli: &Cli) -> Result<u8> {
         paused = result.paused,
         draining = result.draining,
         failed = result.failed,
-        outcome = if code == exit::OK {
-            "paused"
-        } else {
-            "nothing paused"
+        outcome = match (result.draining, result.failed) {
+            _ if pausing == 0 => "nothing paused",
+            (0, 0) => "paused",
+            (_, 0) => "pausing (still draining)",
+            _ => "partly paused",
         },
         "before-stop done"
     );

@@ -1,0 +1,353 @@
+//! The two hooks against a real PostgreSQL 15 and real PgBouncers (Debian's 1.18 and a
+//! current one), all on 127.0.0.1: what a client sees is the assertion, not the log.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{PgBouncer, PgBouncerBuild, Postgres};
+
+const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn leader_view(dir: &std::path::Path, leader: &str) -> PathBuf {
+    let path = dir.join(format!("list-{leader}.tsv"));
+    std::fs::write(
+        &path,
+        format!(
+            "Cluster\tMember\tHost\tRole\tState\tTL\tLag in MB\n\
+             demo\tm1\t127.0.0.1:5432\t{}\trunning\t1\t\n\
+             demo\tm2\t127.0.0.1:5433\t{}\tstreaming\t1\t0\n",
+            if leader == "m1" { "Leader" } else { "Replica" },
+            if leader == "m2" { "Leader" } else { "Replica" },
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn hook(name: &str, args: &[&str], password: &str) -> Command {
+    let mut cmd = common::client(common::bin(name));
+    cmd.args(args)
+        .env("PGBOUNCER_PASSWORD", password)
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+fn run(cmd: Command) -> (Output, String) {
+    let out = common::run_with_timeout(cmd, HOOK_TIMEOUT);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stderr)
+}
+
+fn before_stop(
+    view: &std::path::Path,
+    pgbouncers: &[&PgBouncer],
+    extra: &[&str],
+) -> (Output, String) {
+    let mut args = vec![
+        "--member".to_string(),
+        "m1".into(),
+        "--list-tsv".into(),
+        view.display().to_string(),
+    ];
+    for pgb in pgbouncers {
+        args.push("--pgbouncer".into());
+        args.push(pgb.admin_url());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(hook("before-stop", &args, PgBouncer::ADMIN_PASSWORD))
+}
+
+fn on_role_change(pg: &Postgres, pgbouncers: &[&PgBouncer], extra: &[&str]) -> Command {
+    let mut args = vec!["--postgres".to_string(), pg.url()];
+    for pgb in pgbouncers {
+        args.push("--pgbouncer".into());
+        args.push(pgb.admin_url());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    hook("on-role-change", &args, PgBouncer::ADMIN_PASSWORD)
+}
+
+fn assert_ok(out: &Output, stderr: &str) {
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{stderr}",
+        out.status.code()
+    );
+}
+
+#[test]
+fn pause_holds_the_next_transaction_and_resume_releases_it() {
+    for build in PgBouncerBuild::all() {
+        let pg = Postgres::start_primary();
+        let pgb = PgBouncer::start(build, "127.0.0.1", pg.port);
+        common::spawn_psql(&pgb.app_url(), "SELECT 1").expect_success(Duration::from_secs(10));
+
+        let (out, stderr) = before_stop(&leader_view(&pgb.dir, "m1"), &[&pgb], &[]);
+        assert_ok(&out, &stderr);
+        assert!(stderr.contains("PAUSE paused"), "{stderr}");
+        assert!(stderr.contains("before-stop done"), "{stderr}");
+        assert!(pgb.is_paused(), "{build:?} not paused after before-stop");
+
+        let mut held = common::spawn_psql(&pgb.app_url(), "SELECT 42");
+        assert!(
+            held.wait_timeout(Duration::from_secs(1)).is_none(),
+            "{build:?}: a transaction went through a paused PgBouncer"
+        );
+
+        let (out, stderr) = run(on_role_change(
+            &pg,
+            &[&pgb],
+            &["on_role_change", "primary", "demo"],
+        ));
+        assert_ok(&out, &stderr);
+        assert!(stderr.contains("RESUME resumed"), "{stderr}");
+        if pgb.has_show_state() {
+            assert!(stderr.contains("SHOW STATE says not paused"), "{stderr}");
+        } else {
+            assert!(stderr.contains("SHOW STATE check skipped"), "{stderr}");
+        }
+        assert_eq!(held.expect_success(Duration::from_secs(10)), "42");
+        assert!(!pgb.is_paused());
+    }
+}
+
+#[test]
+fn pause_and_resume_are_idempotent() {
+    let pg = Postgres::start_primary();
+    let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
+    let view = leader_view(&pgb.dir, "m1");
+    let (out, stderr) = before_stop(&view, &[&pgb], &[]);
+    assert_ok(&out, &stderr);
+    let (out, stderr) = before_stop(&view, &[&pgb], &[]);
+    assert_ok(&out, &stderr);
+    assert!(stderr.contains("already paused"), "{stderr}");
+    for expected in ["RESUME resumed", "RESUME was not paused"] {
+        let (out, stderr) = run(on_role_change(&pg, &[&pgb], &[]));
+        assert_ok(&out, &stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+    assert!(!pgb.is_paused());
+}
+
+#[test]
+fn a_replica_stopping_pauses_nothing() {
+    let pg = Postgres::start_primary();
+    let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
+    let (out, stderr) = before_stop(&leader_view(&pgb.dir, "m2"), &[&pgb], &[]);
+    assert_ok(&out, &stderr);
+    assert!(stderr.contains("the leader is m2"), "{stderr}");
+    assert!(!pgb.is_paused());
+    common::spawn_psql(&pgb.app_url(), "SELECT 1").expect_success(Duration::from_secs(5));
+}
+
+#[test]
+fn pause_waits_for_an_open_transaction_within_the_bound() {
+    for build in PgBouncerBuild::all() {
+        let pg = Postgres::start_primary();
+        let pgb = PgBouncer::start(build, "127.0.0.1", pg.port);
+        // A transaction that stays open for 4 s: PAUSE must wait for it, but only 1 s.
+        let mut long = common::spawn_psql(&pgb.app_url(), "BEGIN; SELECT pg_sleep(4); COMMIT;");
+        common::wait_until(
+            "the long transaction to be active",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                (pg.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(4)%' AND state = 'active' AND pid <> pg_backend_pid()") == "1").then_some(())
+            },
+        );
+        let started = Instant::now();
+        let (out, stderr) = before_stop(
+            &leader_view(&pgb.dir, "m1"),
+            &[&pgb],
+            &["--pause-timeout", "1s"],
+        );
+        let took = started.elapsed();
+        assert_ok(&out, &stderr);
+        assert!(stderr.contains("still draining"), "{stderr}");
+        assert!(
+            took < Duration::from_secs(4),
+            "before-stop waited for the transaction: {took:?}"
+        );
+        // The open transaction still finishes, and PgBouncer is left paused afterwards.
+        long.expect_success(Duration::from_secs(10));
+        assert!(pgb.is_paused(), "{build:?}: left pausing, must end paused");
+        let (out, stderr) = run(on_role_change(&pg, &[&pgb], &[]));
+        assert_ok(&out, &stderr);
+        assert!(!pgb.is_paused());
+    }
+}
+
+#[test]
+fn fan_out_to_two_pgbouncers_and_partial_reachability() {
+    let pg = Postgres::start_primary();
+    let first = PgBouncer::start(PgBouncerBuild::Debian, "127.0.0.1", pg.port);
+    let mut second = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
+    let view = leader_view(&first.dir, "m1");
+    let (out, stderr) = before_stop(&view, &[&first, &second], &[]);
+    assert_ok(&out, &stderr);
+    assert!(first.is_paused() && second.is_paused(), "{stderr}");
+    assert!(stderr.contains("paused=2"), "{stderr}");
+    let (out, stderr) = run(on_role_change(&pg, &[&first, &second], &[]));
+    assert_ok(&out, &stderr);
+    assert!(!first.is_paused() && !second.is_paused(), "{stderr}");
+
+    // One PgBouncer down: the other is still paused and resumed; the down one is named.
+    let down_url = second.admin_url();
+    second.kill();
+    let (out, stderr) = before_stop(&view, &[&first], &["--pgbouncer", &down_url]);
+    assert_ok(&out, &stderr);
+    assert!(stderr.contains("failed=1"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{}", second.port)),
+        "{stderr}"
+    );
+    assert!(first.is_paused());
+    let mut cmd = on_role_change(&pg, &[&first], &[]);
+    cmd.args(["--pgbouncer", &down_url]);
+    let (out, stderr) = run(cmd);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a target that could not be resumed must show: {stderr}"
+    );
+    assert!(stderr.contains("partly resumed"), "{stderr}");
+    assert!(!first.is_paused());
+}
+
+#[test]
+fn wrong_password_unreachable_and_unresolvable_targets_are_clear_errors() {
+    let pg = Postgres::start_primary();
+    let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
+    let view = leader_view(&pgb.dir, "m1");
+
+    let mut args = vec!["--member", "m1", "--list-tsv"];
+    let view_arg = view.display().to_string();
+    args.push(&view_arg);
+    let url = pgb.admin_url();
+    let (out, stderr) = run(hook(
+        "before-stop",
+        &[&args[..], &["--pgbouncer", &url]].concat(),
+        "not-the-password",
+    ));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("PGBOUNCER_PASSWORD"), "{stderr}");
+    assert!(
+        !stderr.contains("not-the-password"),
+        "password leaked: {stderr}"
+    );
+    assert!(!pgb.is_paused());
+
+    let closed = format!(
+        "postgresql://pgbouncer_admin@127.0.0.1:{}/pgbouncer",
+        common::free_port()
+    );
+    let (out, stderr) = run(hook(
+        "before-stop",
+        &[&args[..], &["--pgbouncer", &closed]].concat(),
+        "x",
+    ));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refused"), "{stderr}");
+
+    let nowhere = "postgresql://pgbouncer_admin@no-such-host.invalid:6432/pgbouncer";
+    let (out, stderr) = run(hook(
+        "before-stop",
+        &[
+            &args[..],
+            &["--pgbouncer", nowhere, "--connect-timeout", "3s"],
+        ]
+        .concat(),
+        "x",
+    ));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no-such-host.invalid"), "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.contains("ERROR")).count(),
+        1,
+        "one error line per target: {stderr}"
+    );
+}
+
+#[test]
+fn on_role_change_waits_for_promotion_before_resuming() {
+    let primary = Postgres::start_primary();
+    let standby = Postgres::start_standby(&primary);
+    let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", standby.port);
+    pgb.admin("PAUSE").unwrap();
+
+    let mut cmd = on_role_change(&standby, &[&pgb], &["on_role_change", "primary", "demo"]);
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "on-role-change returned while Postgres was still in recovery"
+    );
+    assert!(pgb.is_paused(), "resumed before promotion");
+
+    standby.promote();
+    let status = common::wait_until(
+        "on-role-change to finish",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || child.try_wait().unwrap(),
+    );
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(standby.psql("SELECT pg_is_in_recovery()"), "f");
+    assert!(!pgb.is_paused(), "{stderr}");
+}
+
+#[test]
+fn a_standby_that_never_promotes_gets_no_resume() {
+    let primary = Postgres::start_primary();
+    let standby = Postgres::start_standby(&primary);
+    let pgb = PgBouncer::start(PgBouncerBuild::Debian, "127.0.0.1", primary.port);
+    pgb.admin("PAUSE").unwrap();
+    let (out, stderr) = run(on_role_change(
+        &standby,
+        &[&pgb],
+        &[
+            "on_role_change",
+            "master",
+            "demo",
+            "--promote-timeout",
+            "1s",
+        ],
+    ));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("did not leave recovery"), "{stderr}");
+    assert!(stderr.contains("NOT resumed"), "{stderr}");
+    assert!(pgb.is_paused());
+    pgb.admin("RESUME").unwrap();
+}
+
+#[test]
+fn standby_leader_resumes_without_waiting_and_replica_does_nothing() {
+    let primary = Postgres::start_primary();
+    let standby = Postgres::start_standby(&primary);
+    let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", primary.port);
+    pgb.admin("PAUSE").unwrap();
+    let (out, stderr) = run(on_role_change(
+        &standby,
+        &[&pgb],
+        &["on_role_change", "replica", "demo"],
+    ));
+    assert_ok(&out, &stderr);
+    assert!(stderr.contains("nothing to do"), "{stderr}");
+    assert!(pgb.is_paused());
+    let (out, stderr) = run(on_role_change(
+        &standby,
+        &[&pgb],
+        &["on_start", "standby_leader", "demo"],
+    ));
+    assert_ok(&out, &stderr);
+    assert!(!pgb.is_paused(), "{stderr}");
+}
