@@ -1,0 +1,401 @@
+//! Both binaries from the outside, with no servers: dry runs, exit codes, messages, `--help`.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const LEADER_M1: &str = "Cluster\tMember\tHost\tRole\tState\tTL\tLag in MB\n\
+                         demo\tm1\t10.0.0.1:5432\tLeader\trunning\t3\t\n\
+                         demo\tm2\t10.0.0.2:5432\tReplica\tstreaming\t3\t0\n";
+const NO_LEADER: &str = "Cluster\tMember\tHost\tRole\tState\tTL\tLag in MB\n\
+                         demo\tm1\t10.0.0.1:5432\tReplica\tstopping\t\t\n\
+                         demo\tm2\t10.0.0.2:5432\tReplica\tstreaming\t3\t0\n";
+const HISTORY_M2_NEWEST: &str = "TL\tLSN\tReason\tTimestamp\tNew Leader\n\
+                                 1\t25165984\tno recovery target specified\t2026-11-27T10:00:00+00:00\tm1\n\
+                                 2\t33554592\tno recovery target specified\t2026-11-27T10:05:00+00:00\tm2\n";
+const HISTORY_M1_NEWEST: &str = "TL\tLSN\tReason\tTimestamp\tNew Leader\n\
+                                 1\t25165984\tno recovery target specified\t2026-11-27T10:00:00+00:00\tm2\n\
+                                 2\t33554592\tno recovery target specified\t2026-11-27T10:05:00+00:00\tm1\n";
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("pph-cli-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn script(&self, name: &str, body: &str) -> PathBuf {
+        let path = self.file(name, &format!("#!/bin/sh\n{body}\n"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn hook(name: &str) -> Command {
+    let mut cmd = common::client(common::bin(name));
+    for var in [
+        "PATRONI_NAME",
+        "PGBOUNCER_URLS",
+        "PGBOUNCER_PASSWORD",
+        "PGBOUNCER_PASSWORD_FILE",
+        "RUST_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn run(mut cmd: Command, stdin: Option<&str>) -> (Option<i32>, String, String) {
+    let out: Output = match stdin {
+        None => common::run_with_timeout(cmd, Duration::from_secs(30)),
+        Some(text) => {
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = cmd.spawn().unwrap();
+            std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+            drop(child.stdin.take());
+            child.wait_with_output().unwrap()
+        }
+    };
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn dry_before_stop(member: &str, list: &Path, history: &Path) -> (Option<i32>, String, String) {
+    let mut cmd = hook("before-stop");
+    cmd.args(["--dry-run", "--member", member, "--list-tsv"])
+        .arg(list)
+        .arg("--history-tsv")
+        .arg(history)
+        .args([
+            "--pgbouncer",
+            "postgresql://admin:s3cret@pgbouncer:6432/pgbouncer",
+        ]);
+    run(cmd, None)
+}
+
+#[test]
+fn dry_run_decisions() {
+    let s = Scratch::new("decisions");
+    let leader = s.file("leader.tsv", LEADER_M1);
+    let no_leader = s.file("no-leader.tsv", NO_LEADER);
+    let m2_newest = s.file("h-m2.tsv", HISTORY_M2_NEWEST);
+    let m1_newest = s.file("h-m1.tsv", HISTORY_M1_NEWEST);
+    let empty_history = s.file("h-empty.tsv", "TL\tLSN\tReason\tTimestamp\tNew Leader\n");
+    let table = [
+        ("m1", &leader, &m2_newest, "pause"),
+        ("m2", &leader, &m2_newest, "skip"),
+        ("m1", &no_leader, &m1_newest, "pause"),
+        // m1 led an older timeline only: a restart of it must not pause.
+        ("m1", &no_leader, &m2_newest, "skip"),
+        ("m1", &no_leader, &empty_history, "pause"),
+    ];
+    for (member, list, history, action) in table {
+        let (code, stdout, stderr) = dry_before_stop(member, list, history);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_eq!(
+            stdout.lines().count(),
+            1,
+            "exactly one JSON object: {stdout}"
+        );
+        assert!(
+            stdout.starts_with(&format!("{{\"action\":\"{action}\",")),
+            "{member}: {stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("\"member\":\"{member}\"")),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("\"targets\":[\"postgresql://admin@pgbouncer:6432/pgbouncer\"]"),
+            "{stdout}"
+        );
+        assert!(
+            !stdout.contains("s3cret") && !stderr.contains("s3cret"),
+            "password leaked"
+        );
+        assert!(
+            stderr.contains("before-stop done"),
+            "summary line missing: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn dry_run_reads_stdin_and_crlf() {
+    let s = Scratch::new("stdin");
+    let history = s.file("h.tsv", HISTORY_M2_NEWEST);
+    let mut cmd = hook("before-stop");
+    cmd.args([
+        "--dry-run",
+        "--member",
+        "m1",
+        "--list-tsv",
+        "-",
+        "--history-tsv",
+    ])
+    .arg(&history);
+    let (code, stdout, stderr) = run(cmd, Some(&LEADER_M1.replace('\n', "\r\n")));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("\"action\":\"pause\""), "{stdout}");
+}
+
+#[test]
+fn bad_cluster_views_are_one_clear_line_and_exit_1() {
+    let s = Scratch::new("bad");
+    let history = s.file("h.tsv", HISTORY_M2_NEWEST);
+    let table = [
+        ("", "list output is empty"),
+        ("Cluster\tHost\tRole\n", "no `Member` column"),
+        ("Member\tHost\n", "no `Role` column"),
+        (
+            "Cluster\tMember\tRole\tState\ndemo\tm1\tLeader\n",
+            "truncated",
+        ),
+        (
+            "Cluster\tMember\tRole\ndemo\tm1\tKing\n",
+            "unknown role \"King\"",
+        ),
+        (
+            "Cluster\tMember\tRole\ndemo\tm9\tLeader\n",
+            "member \"m1\" is not in the cluster view",
+        ),
+        ("+--------+\n| Member |\n", "no `Member` column"),
+    ];
+    for (text, message) in table {
+        let list = s.file("list.tsv", text);
+        let (code, stdout, stderr) = dry_before_stop("m1", &list, &history);
+        assert_eq!(code, Some(1), "{text:?}: {stderr}");
+        assert!(stdout.is_empty(), "no JSON on failure: {stdout}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(errors[0].contains(message), "{text:?}: {stderr}");
+    }
+}
+
+#[test]
+fn patronictl_problems() {
+    let s = Scratch::new("patronictl");
+    let args_log = s.0.join("args.log");
+    let good = s.script(
+        "good",
+        &format!(
+            "echo \"$@\" >> {log}\ncase \"$*\" in *list*) printf '{list}' ;; *) printf '{history}' ;; esac",
+            log = args_log.display(),
+            list = LEADER_M1.replace('\t', "\\t").replace('\n', "\\n"),
+            history = HISTORY_M2_NEWEST.replace('\t', "\\t").replace('\n', "\\n"),
+        ),
+    );
+    let failing = s.script("failing", "echo 'Error: cannot reach the DCS' >&2; exit 3");
+    let garbage = s.script("garbage", "echo '<html>nope</html>'");
+    let hanging = s.script("hanging", "exec sleep 30");
+    let missing = s.0.join("not-there");
+
+    let mut cmd = hook("before-stop");
+    cmd.args(["--dry-run", "--member", "m1", "--patronictl"])
+        .arg(&good)
+        .args(["--patronictl-arg=--config-file=/etc/patroni.yml"]);
+    let (code, stdout, stderr) = run(cmd, None);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("\"action\":\"pause\""), "{stdout}");
+    let calls = std::fs::read_to_string(&args_log).unwrap();
+    assert!(
+        calls.contains("--config-file=/etc/patroni.yml list -f tsv"),
+        "{calls}"
+    );
+    assert!(
+        calls.contains("--config-file=/etc/patroni.yml history -f tsv"),
+        "{calls}"
+    );
+
+    let table: [(&Path, &str); 4] = [
+        (&failing, "cannot reach the DCS"),
+        (&garbage, "no `Member` column"),
+        (&hanging, "did not finish within 1s"),
+        (&missing, "set --patronictl"),
+    ];
+    for (program, message) in table {
+        let mut cmd = hook("before-stop");
+        cmd.args([
+            "--dry-run",
+            "--member",
+            "m1",
+            "--patronictl-timeout",
+            "1s",
+            "--patronictl",
+        ])
+        .arg(program);
+        let started = Instant::now();
+        let (code, _, stderr) = run(cmd, None);
+        assert_eq!(code, Some(1), "{program:?}: {stderr}");
+        assert!(stderr.contains(message), "{program:?}: {stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not bounded: {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let s = Scratch::new("usage");
+    let list = s.file("l.tsv", LEADER_M1);
+    let table: Vec<(&str, Vec<&str>, &str)> = vec![
+        (
+            "before-stop",
+            vec!["--member", "m1"],
+            "no PgBouncer to pause",
+        ),
+        (
+            "before-stop",
+            vec!["--dry-run", "--list-tsv", "-", "--history-tsv", "-"],
+            "cannot both read standard input",
+        ),
+        (
+            "before-stop",
+            vec!["--pause-timeout", "soon"],
+            "not a duration",
+        ),
+        (
+            "before-stop",
+            vec!["--pgbouncer", "postgresql://a:pw@h:notaport/x"],
+            "is not a PostgreSQL URL",
+        ),
+        (
+            "on-role-change",
+            vec!["on_role_change", "primary"],
+            "expected ACTION ROLE SCOPE",
+        ),
+        ("on-role-change", vec![], "no PgBouncer to resume"),
+        (
+            "on-role-change",
+            vec!["--log-format", "xml"],
+            "invalid value 'xml'",
+        ),
+    ];
+    for (name, args, message) in table {
+        let mut cmd = hook(name);
+        cmd.args(&args);
+        if name == "before-stop" {
+            cmd.env("HOOKS_LIST_TSV", &list);
+        }
+        let (code, _, stderr) = run(cmd, None);
+        assert_eq!(code, Some(2), "{name} {args:?}: {stderr}");
+        assert!(stderr.contains(message), "{name} {args:?}: {stderr}");
+        assert!(!stderr.contains("pw@"), "password leaked: {stderr}");
+    }
+}
+
+#[test]
+fn on_role_change_dry_runs() {
+    let table: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["on_role_change", "primary", "demo"], "resume"),
+        (vec!["on_role_change", "master", "demo"], "resume"),
+        (vec!["on_restart", "primary", "demo"], "resume"),
+        (vec!["on_start", "standby_leader", "demo"], "resume"),
+        (vec![], "resume"),
+        (vec!["on_role_change", "replica", "demo"], "skip"),
+        (vec!["on_stop", "primary", "demo"], "skip"),
+        (vec!["on_role_change", "sovereign", "demo"], "skip"),
+    ];
+    for (args, action) in table {
+        let mut cmd = hook("on-role-change");
+        cmd.arg("--dry-run").args(&args);
+        let (code, stdout, stderr) = run(cmd, None);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(
+            stdout.starts_with(&format!("{{\"action\":\"{action}\",")),
+            "{args:?}: {stdout}"
+        );
+    }
+}
+
+#[test]
+fn help_documents_every_flag_with_its_env_var() {
+    let both = [
+        ("--pgbouncer", "PGBOUNCER_URLS"),
+        ("--pgbouncer-password-file", "PGBOUNCER_PASSWORD_FILE"),
+        ("--connect-timeout", "HOOKS_CONNECT_TIMEOUT"),
+        ("--command-timeout", "HOOKS_COMMAND_TIMEOUT"),
+        ("--dry-run", "HOOKS_DRY_RUN"),
+        ("--check", "HOOKS_CHECK"),
+        ("--log-format", "HOOKS_LOG_FORMAT"),
+    ];
+    let before_stop = [
+        ("--member", "PATRONI_NAME"),
+        ("--patronictl", "HOOKS_PATRONICTL"),
+        ("--patronictl-arg", "HOOKS_PATRONICTL_ARGS"),
+        ("--patronictl-timeout", "HOOKS_PATRONICTL_TIMEOUT"),
+        ("--list-tsv", "HOOKS_LIST_TSV"),
+        ("--history-tsv", "HOOKS_HISTORY_TSV"),
+        ("--pause-timeout", "HOOKS_PAUSE_TIMEOUT"),
+        ("--max-pause", "HOOKS_MAX_PAUSE"),
+    ];
+    let on_role_change = [
+        ("--postgres", "HOOKS_POSTGRES_URL"),
+        ("--poll-interval", "HOOKS_POLL_INTERVAL"),
+        ("--promote-timeout", "HOOKS_PROMOTE_TIMEOUT"),
+        ("--upstream", "HOOKS_UPSTREAM_URLS"),
+        ("--route-timeout", "HOOKS_ROUTE_TIMEOUT"),
+    ];
+    for (name, own) in [
+        ("before-stop", &before_stop[..]),
+        ("on-role-change", &on_role_change[..]),
+    ] {
+        let mut cmd = hook(name);
+        cmd.arg("--help")
+            .env("PGBOUNCER_URLS", "postgresql://a:leaked@h/pgbouncer");
+        let (code, help, _) = run(cmd, None);
+        assert_eq!(code, Some(0));
+        for (flag, env) in both.iter().chain(own) {
+            let line = help
+                .lines()
+                .position(|l| {
+                    let l = l.trim_start();
+                    l == *flag || l.starts_with(&format!("{flag} "))
+                })
+                .unwrap_or_else(|| panic!("{name} --help lacks {flag}:\n{help}"));
+            let block: String = help
+                .lines()
+                .skip(line)
+                .take(8)
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert!(
+                block.contains(&format!("env: {env}")),
+                "{name} {flag} lacks [env: {env}]:\n{block}"
+            );
+        }
+        assert!(help.contains("PGBOUNCER_PASSWORD"), "{help}");
+        assert!(help.contains("Exit codes"), "{help}");
+        assert!(!help.contains("leaked"), "env value shown in --help");
+        let mut cmd = hook(name);
+        cmd.arg("--version");
+        let (code, version, _) = run(cmd, None);
+        assert_eq!(code, Some(0));
+        assert!(version.starts_with(name), "{version}");
+    }
+}
