@@ -295,3 +295,48 @@ mod tests {
         assert!(reason.contains("unknown role \"boss\""), "{reason}");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::patronictl::Role;
+    use proptest::prelude::*;
+
+    fn role(i: usize) -> Role {
+        [
+            Role::Leader,
+            Role::StandbyLeader,
+            Role::SyncStandby,
+            Role::QuorumStandby,
+            Role::Replica,
+        ][i % 5]
+    }
+
+    proptest! {
+        /// While another member holds the leader key, this member never pauses.
+        #[test]
+        fn never_pause_while_another_member_leads(
+            others in proptest::collection::vec(("[a-z]{1,4}", 0usize..5), 0..5),
+            my_role in 2usize..5,
+        ) {
+            let mut list = vec![Member { name: "me".into(), role: role(my_role), state: String::new(), group: None },
+                                Member { name: "boss".into(), role: Role::Leader, state: String::new(), group: None }];
+            list.extend(others.into_iter().filter(|(n, _)| n != "me").map(|(n, r)| Member { name: n, role: role(r), state: String::new(), group: None }));
+            let verdict = decide_from_list("me", &list).unwrap();
+            let skipped = matches!(verdict, ListVerdict::Decided(Decision { action: Action::Skip, .. }));
+            prop_assert!(skipped, "{:?}", verdict);
+        }
+
+        /// Only the newest timeline's leader pauses, whatever older rows say.
+        #[test]
+        fn only_the_newest_timeline_counts(
+            leaders in proptest::collection::vec(prop_oneof!["me", "other", "third"], 1..8),
+        ) {
+            let history: Vec<Switch> = leaders.iter().enumerate()
+                .map(|(i, l)| Switch { timeline: i as u64 + 1, new_leader: l.clone(), group: None })
+                .collect();
+            let expected = if leaders.last().unwrap() == "me" { Action::Pause } else { Action::Skip };
+            prop_assert_eq!(decide_from_history("me", None, &history).action, expected);
+        }
+    }
+}

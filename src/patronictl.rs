@@ -302,3 +302,65 @@ mod tests {
             .is_empty());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ROLES: [(&str, Role); 5] = [
+        ("Leader", Role::Leader),
+        ("Standby Leader", Role::StandbyLeader),
+        ("Sync Standby", Role::SyncStandby),
+        ("Quorum Standby", Role::QuorumStandby),
+        ("Replica", Role::Replica),
+    ];
+
+    proptest! {
+        #[test]
+        fn parsers_never_panic(text in "[a-zA-Z0-9 .:\t\r\n_-]{0,300}") {
+            let _ = parse_list(&text);
+            let _ = parse_history(&text);
+        }
+
+        #[test]
+        fn parsers_never_panic_on_any_unicode(text in "\\PC{0,200}") {
+            let _ = parse_list(&text);
+            let _ = parse_history(&text);
+        }
+
+        /// Whatever the column order and whatever extra columns a version adds, the same
+        /// members come out.
+        #[test]
+        fn columns_are_found_by_name(
+            members in proptest::collection::vec(("[a-z][a-z0-9.-]{0,8}", 0usize..5), 1..6),
+            extra in proptest::collection::vec("[A-Z][a-z]{1,6}( [a-z]{2,4})?", 0..4),
+            rotate in 0usize..8,
+        ) {
+            let mut header: Vec<String> = vec!["Cluster".into(), "Member".into(), "Host".into(), "Role".into(), "State".into(), "TL".into()];
+            for name in &extra {
+                if !header.contains(name) {
+                    header.push(name.clone());
+                }
+            }
+            let len = header.len();
+            header.rotate_left(rotate % len);
+            let mut text = header.join("\t") + "\n";
+            for (name, role) in &members {
+                let row: Vec<String> = header.iter().map(|column| match column.as_str() {
+                    "Member" => name.clone(),
+                    "Role" => ROLES[*role].0.to_string(),
+                    "Cluster" => String::new(),
+                    _ => "x".to_string(),
+                }).collect();
+                text += &(row.join("\t") + "\n");
+            }
+            let parsed = parse_list(&text).unwrap();
+            prop_assert_eq!(parsed.len(), members.len());
+            for (got, (name, role)) in parsed.iter().zip(&members) {
+                prop_assert_eq!(&got.name, name);
+                prop_assert_eq!(got.role, ROLES[*role].1);
+            }
+        }
+    }
+}
