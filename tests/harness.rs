@@ -30,6 +30,11 @@ fn pause_holds_and_resume_releases(build: PgBouncerBuild) {
     assert_eq!(out, "app");
     assert_eq!(pg.psql("SELECT count(*) FROM t WHERE v = 'before'"), "1");
 
+    if build == PgBouncerBuild::Debian {
+        // Why is_paused() reads the log on 1.18.
+        let e = pgb.admin("SHOW STATE").expect_err("1.18 knows SHOW STATE");
+        assert!(e.contains("invalid command"), "{e}");
+    }
     assert!(!pgb.is_paused(), "fresh pgbouncer reports paused");
     pgb.admin("PAUSE").expect("PAUSE");
     assert!(pgb.is_paused(), "not paused after PAUSE");
@@ -138,4 +143,49 @@ fn run_with_timeout_kills_the_child() {
     assert!(start.elapsed() < Duration::from_secs(5));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("timed out"));
+}
+
+/// In transaction mode PAUSE returns only when running transactions have ended
+/// (what before-stop's --pause-timeout bounds); nothing is lost.
+fn pause_waits_for_open_transaction(build: PgBouncerBuild) {
+    let pg = Postgres::start_primary();
+    let pgb = PgBouncer::start(build, "127.0.0.1", pg.port);
+    let mut txn = spawn_psql(
+        &pgb.app_url(),
+        "BEGIN; INSERT INTO t(v) VALUES ('in flight'); SELECT pg_sleep(0.8); COMMIT;",
+    );
+    common::wait_until(
+        "transaction running on the server",
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || {
+            let n = pg.psql(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND state = 'active'",
+            );
+            (n == "1").then_some(())
+        },
+    );
+    let mut pause = pgb.spawn_admin("PAUSE");
+    assert!(
+        pause.wait_timeout(Duration::from_millis(300)).is_none(),
+        "PAUSE returned while a transaction was running"
+    );
+    assert!(pgb.is_paused(), "a pending PAUSE counts as paused");
+    pause.expect_success(Duration::from_secs(10));
+    // PAUSE returned only after the transaction committed.
+    assert_eq!(pg.psql("SELECT count(*) FROM t WHERE v = 'in flight'"), "1");
+    txn.expect_success(Duration::from_secs(5));
+    assert!(pgb.is_paused());
+    pgb.admin("RESUME").expect("RESUME");
+    assert!(!pgb.is_paused());
+}
+
+#[test]
+fn pause_waits_for_open_transaction_pgbouncer_debian_1_18() {
+    pause_waits_for_open_transaction(PgBouncerBuild::Debian);
+}
+
+#[test]
+fn pause_waits_for_open_transaction_pgbouncer_trixie() {
+    pause_waits_for_open_transaction(PgBouncerBuild::Trixie);
 }

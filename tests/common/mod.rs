@@ -355,37 +355,58 @@ pub struct Postgres {
 /// Template cluster made once per test process (initdb is the slow part, ~1 s), then
 /// copied for each primary. Contains role `app` and table `public.t`.
 fn template() -> PathBuf {
-    static T: OnceLock<PathBuf> = OnceLock::new();
-    T.get_or_init(|| {
-        let dir = new_dir("template");
-        let data = dir.join("data");
-        let mut c = as_postgres(&pg_bin("initdb"), Some("KILL"));
-        c.arg("-D").arg(&data).args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-            "--no-instructions",
-        ]);
-        run_ok(c, Duration::from_secs(120));
-        // pg_hba from initdb --auth=trust already trusts local sockets and
-        // 127.0.0.1/::1 for all databases and for replication.
-        let mut pg = Postgres::spawn(dir.clone());
-        pg.psql(&format!(
-            "CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}';
+    TEMPLATE_DIR
+        .get_or_init(|| {
+            let dir = new_dir("template");
+            let data = dir.join("data");
+            let mut c = as_postgres(&pg_bin("initdb"), Some("KILL"));
+            c.arg("-D").arg(&data).args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
+            ]);
+            run_ok(c, Duration::from_secs(120));
+            // pg_hba from initdb --auth=trust already trusts local sockets and
+            // 127.0.0.1/::1 for all databases and for replication.
+            let mut pg = Postgres::spawn(dir.clone());
+            pg.psql(&format!(
+                "CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}';
              CREATE TABLE public.t (id bigserial PRIMARY KEY, v text, at timestamptz DEFAULT now());
              GRANT ALL ON public.t TO app;
              GRANT ALL ON SEQUENCE public.t_id_seq TO app;
              GRANT CREATE ON SCHEMA public TO app;"
-        ));
-        pg.stop_fast();
-        std::mem::forget(pg); // keep the template directory for this process's lifetime
-        dir
-    })
-    .clone()
+            ));
+            pg.stop_fast();
+            std::mem::forget(pg); // keep the template directory for this process's lifetime
+            remove_template_at_exit();
+            dir
+        })
+        .clone()
+}
+
+static TEMPLATE_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Registers a libc `atexit` hook (the test harness ends with `process::exit`) that
+/// removes the template directory; a process killed hard leaves it to the stale-dir
+/// sweep of the next run.
+fn remove_template_at_exit() {
+    extern "C" {
+        fn atexit(cb: extern "C" fn()) -> i32;
+    }
+    extern "C" fn cleanup() {
+        if let Some(dir) = TEMPLATE_DIR.get() {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+    // SAFETY: registers a plain function without captured state; libc is linked by std.
+    unsafe {
+        atexit(cleanup);
+    }
 }
 
 impl Postgres {
@@ -688,6 +709,8 @@ pub struct PgBouncer {
     /// Current (host, port) of database `app`.
     pub backend: (String, u16),
     child: Option<Child>,
+    /// Length of pgbouncer.log when the running process started.
+    log_offset: u64,
 }
 
 impl PgBouncer {
@@ -722,6 +745,7 @@ impl PgBouncer {
             dir,
             backend,
             child: None,
+            log_offset: 0,
         };
         pgb.start_process();
         pgb
@@ -761,7 +785,10 @@ impl PgBouncer {
                 thread::sleep(Duration::from_millis(25));
             };
             match ready {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.log_offset = offsets.0;
+                    return;
+                }
                 Err(exited) => {
                     self.kill();
                     let conflict = exited
@@ -813,15 +840,36 @@ impl PgBouncer {
         psql_url(&self.admin_url(), cmd, Some(Self::ADMIN_PASSWORD))
     }
 
-    /// Whether the pooler is globally PAUSEd (or SUSPENDed).
+    /// Runs one admin-console command in the background (e.g. a PAUSE that waits for
+    /// running transactions). Password via PGPASSWORD.
+    pub fn spawn_admin(&self, cmd: &str) -> BgClient {
+        let mut c = client(pg_bin("psql"));
+        c.args([
+            "-XAtq",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &self.admin_url(),
+            "-c",
+            cmd,
+        ]);
+        c.env("PGPASSWORD", Self::ADMIN_PASSWORD);
+        spawn_bg(c)
+    }
+
+    /// Whether the pooler is globally PAUSEd or SUSPENDed, including a PAUSE that was
+    /// issued and still waits for running transactions (PgBouncer's own notion).
     ///
-    /// * >= 1.19: `SHOW STATE` row `paused|yes` (or `suspended|yes`).
-    /// * 1.18 has no `SHOW STATE` and `SHOW DATABASES.paused` only reflects
-    ///   `PAUSE <db>`, not a global PAUSE. The check used there: the admin console's
-    ///   answer to a second `PAUSE`. A paused 1.18 refuses it with
-    ///   "already suspended/paused" and changes nothing; if it is accepted, the pooler
-    ///   was *not* paused, and we immediately `RESUME` to undo it. (Sound for tests,
-    ///   which own this PgBouncer; do not call it while a PAUSE may be in flight.)
+    /// * 1.19+: `SHOW STATE` row `paused|yes` (or `suspended|yes`).
+    /// * 1.18 has no `SHOW STATE` ("invalid command"), and `SHOW DATABASES.paused`
+    ///   only reflects `PAUSE <db>`, not a global PAUSE. Probing with a second `PAUSE`
+    ///   ("already suspended/paused" when paused) would pause a running pooler and
+    ///   block behind open transactions, so the check here reads this instance's own
+    ///   log instead, which records every accepted *and* refused console command:
+    ///   the last of `PAUSE command issued` / `SUSPEND command issued` /
+    ///   `got SIGUSR1` (→ paused) and `RESUME command issued` / `got SIGUSR2`
+    ///   (→ running) decides. A refused PAUSE means it was paused already and a
+    ///   refused RESUME that it was running, so the refusals need no special case.
     pub fn is_paused(&self) -> bool {
         if self.has_show_state() {
             let out = self
@@ -831,15 +879,23 @@ impl PgBouncer {
                 .lines()
                 .any(|l| l == "paused|yes" || l == "suspended|yes");
         }
-        match self.admin("PAUSE") {
-            Err(e) if e.contains("already suspended/paused") => true,
-            Err(e) => panic!("is_paused probe PAUSE failed: {e}"),
-            Ok(_) => {
-                self.admin("RESUME")
-                    .unwrap_or_else(|e| panic!("is_paused probe RESUME failed: {e}"));
-                false
+        // Make sure the console is up (and the log is current) before reading it.
+        self.admin("SHOW VERSION")
+            .unwrap_or_else(|e| panic!("SHOW VERSION: {e}"));
+        let log = fs::read(self.dir.join("pgbouncer.log")).unwrap_or_default();
+        let log = String::from_utf8_lossy(log.get(self.log_offset as usize..).unwrap_or_default());
+        let mut paused = false;
+        for line in log.lines() {
+            if line.contains(" PAUSE command issued")
+                || line.contains(" SUSPEND command issued")
+                || line.contains("got SIGUSR1")
+            {
+                paused = true;
+            } else if line.contains(" RESUME command issued") || line.contains("got SIGUSR2") {
+                paused = false;
             }
         }
+        paused
     }
 
     /// Rows of `SHOW POOLS` for database `app` as (column name, value) pairs.
@@ -959,10 +1015,18 @@ pub struct BgClient {
 pub fn spawn_psql(url: &str, sql: &str) -> BgClient {
     let mut c = client(pg_bin("psql"));
     c.args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql]);
+    spawn_bg(c)
+}
+
+/// Starts any command in the background (stdin closed, stdout/stderr captured; keep
+/// its output small: it is collected only after exit).
+pub fn spawn_bg(mut c: Command) -> BgClient {
     c.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = c.spawn().expect("spawn psql");
+    let child = c
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", c.get_program()));
     BgClient {
         child: Some(child),
         started: Instant::now(),
