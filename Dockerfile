@@ -36,11 +36,12 @@ RUN mkdir -p src bin \
 COPY src ./src
 COPY bin ./bin
 # touch: make cargo rebuild the crate itself, not trust the stub's fingerprint.
+# Then refuse to ship anything that is not static (no program interpreter, no shared
+# libraries) or that does not run with an empty environment.
 RUN touch src/lib.rs bin/*.rs \
  && cargo build --locked --release --target "${TARGET}" \
  && mkdir -p /out \
  && cp "target/${TARGET}/release/before-stop" "target/${TARGET}/release/on-role-change" /out/ \
- # refuse to ship anything that is not static: no program interpreter, no shared libraries
  && for b in /out/before-stop /out/on-role-change; do \
       if readelf -lW "$b" | grep -q 'INTERP'; then echo "$b has PT_INTERP" >&2; exit 1; fi; \
       if readelf -dW "$b" | grep -q '(NEEDED)'; then echo "$b needs shared libraries" >&2; exit 1; fi; \
