@@ -11,7 +11,7 @@ use clap::Parser;
 
 use hooks::config::{self, CommonArgs, PgBouncerArgs};
 use hooks::decision::{self, Action, Decision, ListVerdict};
-use hooks::{exit, logging, patronictl, pause, pgbouncer, report};
+use hooks::{detach, exit, logging, patronictl, pause, pgbouncer, report, safety};
 
 /// PAUSE the PgBouncers in front of a Patroni cluster before its leader's Postgres stops.
 ///
@@ -72,6 +72,10 @@ struct Cli {
     #[arg(long, value_name = "DURATION", env = "HOOKS_MAX_PAUSE", default_value = "60s", value_parser = config::parse_duration)]
     max_pause: Duration,
 
+    /// Internal: run as the detached safety net until this time (ms since the epoch).
+    #[arg(long, value_name = "EPOCH_MS", hide = true)]
+    safety_net_until: Option<u64>,
+
     #[command(flatten)]
     pgbouncer: PgBouncerArgs,
 
@@ -80,6 +84,9 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = detach::launcher_stage() {
+        return code;
+    }
     let cli = Cli::parse();
     logging::init(cli.common.log_format);
     match run(&cli) {
@@ -121,6 +128,11 @@ async fn run_async(cli: &Cli) -> Result<u8> {
     }
     if cli.pgbouncer.password_in_argv() {
         tracing::warn!("a --pgbouncer URL carries a password, visible in `ps`: use PGBOUNCER_PASSWORD_FILE instead");
+    }
+    if let Some(deadline_ms) = cli.safety_net_until {
+        let password = cli.pgbouncer.password()?;
+        safety::watch(&urls, password.as_deref(), &cli.pgbouncer, deadline_ms).await;
+        return Ok(exit::OK);
     }
     let member = member_name(cli.member.as_deref())?;
 
@@ -190,7 +202,9 @@ async fn run_async(cli: &Cli) -> Result<u8> {
     let pause_ms = pause_started.elapsed().as_millis();
     let pausing = result.paused + result.draining;
     if pausing > 0 && !cli.max_pause.is_zero() {
-        if let Err(err) = pause::arm_safety_net(&result.paused_targets, cli.max_pause) {
+        let deadline = safety::deadline_after(cli.max_pause);
+        let extra = ["--safety-net-until".into(), deadline.to_string().into()];
+        if let Err(err) = detach::spawn(&extra, false) {
             tracing::warn!("could not start the pause safety net: {err:#}");
         }
     }

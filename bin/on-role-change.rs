@@ -10,7 +10,7 @@ use clap::Parser;
 use hooks::config::{self, CommonArgs, PgBouncerArgs};
 use hooks::decision::{self, Action, Callback, ResumePlan};
 use hooks::postgres::{self, Local};
-use hooks::{exit, logging, pause, pgbouncer, report, route};
+use hooks::{detach, exit, logging, pause, pgbouncer, report, route};
 
 /// RESUME the PgBouncers in front of a Patroni cluster once this member is the writable primary.
 ///
@@ -64,6 +64,16 @@ struct Cli {
     #[arg(long, value_name = "DURATION", env = "HOOKS_ROUTE_TIMEOUT", default_value = "30s", value_parser = config::parse_duration)]
     route_timeout: Duration,
 
+    /// Wait and resume in this process instead of a detached worker. The worker exists
+    /// because Patroni SIGKILLs a running callback when the next one starts; without it,
+    /// such a kill mid-wait means no RESUME.
+    #[arg(long, env = "HOOKS_NO_DETACH")]
+    no_detach: bool,
+
+    /// Internal: this process is the detached worker.
+    #[arg(long, hide = true)]
+    detached_worker: bool,
+
     #[command(flatten)]
     pgbouncer: PgBouncerArgs,
 
@@ -72,15 +82,22 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = detach::launcher_stage() {
+        return code;
+    }
     let cli = Cli::parse();
     logging::init(cli.common.log_format);
-    match run(&cli) {
-        Ok(code) => exit::code(code),
+    let code = match run(&cli) {
+        Ok(code) => code,
         Err(err) => {
             tracing::error!("on-role-change failed: {err:#}");
-            exit::code(exit::for_error(&err))
+            exit::for_error(&err)
         }
+    };
+    if cli.detached_worker {
+        detach::report(code);
     }
+    exit::code(code)
 }
 
 fn run(cli: &Cli) -> Result<u8> {
@@ -161,6 +178,10 @@ async fn run_async(cli: &Cli) -> Result<u8> {
         return Ok(exit::OK);
     }
 
+    if !cli.detached_worker && !cli.no_detach {
+        return wait_for_worker(cli).await;
+    }
+
     let wait_started = Instant::now();
     if let ResumePlan::AfterPromotion(_) = plan {
         tracing::info!(postgres = %local.shown, "waiting for the local Postgres to leave recovery");
@@ -213,6 +234,28 @@ async fn run_async(cli: &Cli) -> Result<u8> {
         "on-role-change done"
     );
     Ok(code)
+}
+
+/// Hands the wait and the RESUME to a detached worker and waits for its verdict; if this
+/// process is killed meanwhile, the worker carries on.
+async fn wait_for_worker(cli: &Cli) -> Result<u8> {
+    let worker = detach::spawn(&["--detached-worker".into()], true)?
+        .ok_or_else(|| anyhow::anyhow!("the detached worker has no result pipe"))?;
+    tracing::info!(
+        "waiting and resuming in a detached worker (it survives Patroni killing this callback)"
+    );
+    let bound = cli.promote_timeout
+        + cli.route_timeout
+        + 2 * (cli.pgbouncer.connect_timeout + cli.pgbouncer.command_timeout)
+        + Duration::from_secs(10);
+    let code = tokio::task::spawn_blocking(move || worker.wait(bound)).await?;
+    Ok(match code {
+        Some(code) => code,
+        None => {
+            tracing::error!("the detached worker did not report within {bound:?}");
+            exit::FAILURE
+        }
+    })
 }
 
 async fn check(

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod decision;
+pub mod detach;
 pub mod exit;
 pub mod logging;
 pub mod patronictl;
@@ -16,3 +17,4 @@ pub mod pgbouncer;
 pub mod postgres;
 pub mod report;
 pub mod route;
+pub mod safety;

@@ -307,10 +307,3 @@ async fn inspect(admin: &Admin) -> Result<Inspection> {
         problems,
     })
 }
-
-/// Starts the detached watcher that RESUMEs PgBouncer if it is still paused `max_pause`
-/// after this PAUSE. Implemented in [`crate::safety`].
-pub fn arm_safety_net(targets: &[Target], max_pause: Duration) -> Result<()> {
-    let _ = (targets, max_pause);
-    Ok(())
-}

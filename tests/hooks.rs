@@ -56,6 +56,10 @@ fn before_stop(
         args.push("--pgbouncer".into());
         args.push(pgb.admin_url());
     }
+    if !extra.contains(&"--max-pause") {
+        // The safety net outlives the hook and keeps stderr open; its own tests cover it.
+        args.extend(["--max-pause".to_string(), "0".into()]);
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     run(hook("before-stop", &args, PgBouncer::ADMIN_PASSWORD))
@@ -350,4 +354,152 @@ fn standby_leader_resumes_without_waiting_and_replica_does_nothing() {
     ));
     assert_ok(&out, &stderr);
     assert!(!pgb.is_paused(), "{stderr}");
+}
+
+/// Runs a hook with stderr in a file: detached workers keep writing to it after the hook exits.
+fn spawn_logged(mut cmd: Command, log: &std::path::Path) -> std::process::Child {
+    let file = std::fs::File::create(log).unwrap();
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(file);
+    cmd.spawn().unwrap()
+}
+
+fn read(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[test]
+fn the_safety_net_resumes_a_forgotten_pause() {
+    for build in PgBouncerBuild::all() {
+        let pg = Postgres::start_primary();
+        let pgb = PgBouncer::start(build, "127.0.0.1", pg.port);
+        let log = pgb.dir.join("before-stop.log");
+        let view = leader_view(&pgb.dir, "m1");
+        let view = view.display().to_string();
+        let url = pgb.admin_url();
+        let args = [
+            "--member",
+            "m1",
+            "--list-tsv",
+            &view,
+            "--pgbouncer",
+            &url,
+            "--max-pause",
+            "2s",
+        ];
+        let status = common::wait_until("before-stop", HOOK_TIMEOUT, Duration::from_millis(20), {
+            let mut child =
+                spawn_logged(hook("before-stop", &args, PgBouncer::ADMIN_PASSWORD), &log);
+            move || child.try_wait().unwrap()
+        });
+        assert!(status.success(), "{}", read(&log));
+        let mut held = common::spawn_psql(&pgb.app_url(), "SELECT 7");
+        assert!(
+            held.wait_timeout(Duration::from_millis(500)).is_none(),
+            "not paused: {}",
+            read(&log)
+        );
+        // Nobody resumes: the detached net must, shortly after 2 s.
+        assert_eq!(
+            held.expect_success(Duration::from_secs(15)),
+            "7",
+            "{}",
+            read(&log)
+        );
+        common::wait_until(
+            "the safety net's log line",
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            || read(&log).contains("SAFETY NET").then_some(()),
+        );
+        assert!(!pgb.is_paused());
+    }
+}
+
+#[test]
+fn the_safety_net_never_resumes_a_later_pause() {
+    let pg = Postgres::start_primary();
+    let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
+    let log = pgb.dir.join("before-stop.log");
+    let view = leader_view(&pgb.dir, "m1").display().to_string();
+    let url = pgb.admin_url();
+    let args = [
+        "--member",
+        "m1",
+        "--list-tsv",
+        &view,
+        "--pgbouncer",
+        &url,
+        "--max-pause",
+        "3s",
+    ];
+    let mut child = spawn_logged(hook("before-stop", &args, PgBouncer::ADMIN_PASSWORD), &log);
+    let status = common::wait_until(
+        "before-stop",
+        HOOK_TIMEOUT,
+        Duration::from_millis(20),
+        || child.try_wait().unwrap(),
+    );
+    assert!(status.success(), "{}", read(&log));
+    let (out, stderr) = run(on_role_change(&pg, &[&pgb], &[]));
+    assert_ok(&out, &stderr);
+    common::wait_until(
+        "the net to see the RESUME",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || {
+            read(&log)
+                .contains("PgBouncer was resumed; nothing to do")
+                .then_some(())
+        },
+    );
+    // An unrelated pause after that: the net is gone and must not touch it.
+    pgb.admin("PAUSE").unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        pgb.is_paused(),
+        "the safety net resumed a later pause: {}",
+        read(&log)
+    );
+    assert!(!read(&log).contains("SAFETY NET"), "{}", read(&log));
+    pgb.admin("RESUME").unwrap();
+}
+
+#[test]
+fn a_callback_killed_mid_wait_still_resumes() {
+    use std::os::unix::process::CommandExt;
+    let primary = Postgres::start_primary();
+    let standby = Postgres::start_standby(&primary);
+    let pgb = PgBouncer::start(PgBouncerBuild::Debian, "127.0.0.1", standby.port);
+    pgb.admin("PAUSE").unwrap();
+    let log = pgb.dir.join("on-role-change.log");
+    let mut cmd = on_role_change(&standby, &[&pgb], &["on_role_change", "master", "demo"]);
+    cmd.process_group(0);
+    let mut child = spawn_logged(cmd, &log);
+    common::wait_until(
+        "the detached worker to start",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || read(&log).contains("detached worker").then_some(()),
+    );
+    // What Patroni does when the next callback starts: SIGKILL the callback's whole group.
+    common::signal(child.id(), "KILL");
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the callback was not killed");
+    assert!(pgb.is_paused(), "resumed before promotion");
+
+    standby.promote();
+    common::wait_until(
+        "the worker's RESUME",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || read(&log).contains("on-role-change done").then_some(()),
+    );
+    assert!(read(&log).contains("RESUME resumed"), "{}", read(&log));
+    assert!(!pgb.is_paused(), "{}", read(&log));
+    common::spawn_psql(&pgb.app_url(), "SELECT 1").expect_success(Duration::from_secs(10));
 }
