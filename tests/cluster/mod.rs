@@ -1,0 +1,963 @@
+//! End-to-end cluster harness: etcd + two Patroni members (PostgreSQL 15) under tini
+//! + HAProxy (checks Patroni's `GET /primary`) + PgBouncer(s) in transaction mode,
+//! all on 127.0.0.1, free ports, one temp dir, every process started here stopped by
+//! PID / process group at the end, every wait bounded.
+//!
+//! Workload: pgbench (with `-l`, parsed for failures and the longest gap between
+//! committed transactions) and a reconnecting probe client (tokio-postgres) that
+//! counts every error it sees.
+#![allow(dead_code)]
+
+pub mod util;
+pub mod workload;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use util::*;
+
+pub const APP_USER: &str = "app";
+pub const APP_PASSWORD: &str = "app-secret";
+pub const ADMIN_USER: &str = "pgbouncer_admin";
+pub const ADMIN_PASSWORD: &str = "admin-secret";
+pub const SUPER_PASSWORD: &str = "super-secret";
+pub const REPL_PASSWORD: &str = "repl-secret";
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// How the hooks are wired into Patroni.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hooks {
+    /// No before_stop, no callbacks: the control.
+    Off,
+    /// `before_stop: .../before-stop`, callbacks: `.../on-role-change`, as a user would.
+    On,
+    /// Like On but each hook wrapped in `/usr/bin/time -v -a -o FILE` (benchmark: RSS).
+    Timed,
+}
+
+#[derive(Clone, Debug)]
+pub struct Opts {
+    pub label: String,
+    /// 3 or 4: which Patroni virtualenv.
+    pub patroni: u8,
+    pub hooks: Hooks,
+    /// Number of PgBouncer instances (1 or 2).
+    pub pgbouncers: usize,
+    /// Extra env for Patroni (and so for the hooks), e.g. HOOKS_PAUSE_TIMEOUT.
+    pub hook_env: Vec<(String, String)>,
+}
+
+impl Opts {
+    pub fn new(label: &str, patroni: u8, hooks: Hooks) -> Opts {
+        Opts {
+            label: label.into(),
+            patroni,
+            hooks,
+            pgbouncers: 1,
+            hook_env: vec![],
+        }
+    }
+}
+
+pub struct Tools {
+    pub venv: PathBuf,
+    pub hooks_dir: PathBuf,
+    pub pgbouncer: Vec<PathBuf>,
+    pub etcd: PathBuf,
+    pub haproxy: PathBuf,
+    pub tini: PathBuf,
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Release binaries: $E2E_HOOKS_DIR, else the musl release dir, else target/release.
+pub fn hooks_dir() -> Res<PathBuf> {
+    let has = |d: &Path| d.join("before-stop").is_file() && d.join("on-role-change").is_file();
+    let mut cands = vec![];
+    if let Ok(d) = std::env::var("E2E_HOOKS_DIR") {
+        cands.push(PathBuf::from(d));
+    } else {
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| repo_root().join("target"));
+        cands.push(target.join("x86_64-unknown-linux-musl/release"));
+        cands.push(target.join("release"));
+    }
+    // Newest pair wins (a stale musl build must not shadow a fresh glibc one).
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = cands
+        .into_iter()
+        .filter(|d| has(d))
+        .map(|d| {
+            let m = std::fs::metadata(d.join("before-stop"))
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            (m, d)
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|x| x.1).ok_or_else(|| {
+        "release hook binaries not found: run `cargo build --release` (or set E2E_HOOKS_DIR)"
+            .to_string()
+    })
+}
+
+impl Tools {
+    pub fn find(patroni: u8, need_hooks: bool) -> Res<Tools> {
+        let venv = PathBuf::from(
+            std::env::var(format!("E2E_PATRONI{patroni}_VENV"))
+                .unwrap_or_else(|_| format!("/opt/patroni{patroni}")),
+        );
+        let need = |p: PathBuf| -> Res<PathBuf> {
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(format!("{} missing: run scripts/setup", p.display()))
+            }
+        };
+        let mut pgbouncer = vec![need(PathBuf::from(
+            std::env::var("E2E_PGBOUNCER").unwrap_or_else(|_| "/usr/sbin/pgbouncer".into()),
+        ))?];
+        let newer = PathBuf::from(
+            std::env::var("E2E_PGBOUNCER_NEW")
+                .unwrap_or_else(|_| "/opt/pgbouncer-trixie/bin/pgbouncer".into()),
+        );
+        pgbouncer.push(if newer.is_file() {
+            newer
+        } else {
+            pgbouncer[0].clone()
+        });
+        Ok(Tools {
+            venv: need(venv.join("bin/patroni")).map(|_| venv)?,
+            hooks_dir: if need_hooks {
+                hooks_dir()?
+            } else {
+                hooks_dir().unwrap_or_default()
+            },
+            pgbouncer,
+            etcd: need("/usr/bin/etcd".into())?,
+            haproxy: need("/usr/sbin/haproxy".into())?,
+            tini: need(which("tini").unwrap_or_else(|| "/usr/bin/tini".into()))?,
+        })
+    }
+}
+
+/// One long-running process we started, in its own process group.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i64 {
+        self.child.id() as i64
+    }
+
+    fn spawn(name: &str, mut cmd: Command, logfile: &Path) -> Res<Proc> {
+        use std::os::unix::process::CommandExt;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(logfile)
+            .map_err(|e| format!("open {}: {e}", logfile.display()))?;
+        let f2 = f.try_clone().unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(f)
+            .stderr(f2)
+            .env("TZ", "UTC")
+            .process_group(0);
+        let child = cmd.spawn().map_err(|e| format!("spawn {name}: {e}"))?;
+        Ok(Proc {
+            name: name.into(),
+            child,
+        })
+    }
+
+    /// SIGTERM to the group, bounded wait, then SIGKILL to the group.
+    pub fn stop(&mut self, grace: Duration) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            signal(-self.pid(), "KILL");
+            return;
+        }
+        signal(-self.pid(), "TERM");
+        if wait_child(&mut self.child, grace).is_none() {
+            log(format!("{} did not stop in {grace:?}: SIGKILL", self.name));
+        }
+        signal(-self.pid(), "KILL");
+        let _ = wait_child(&mut self.child, Duration::from_secs(5));
+    }
+}
+
+pub struct Member {
+    pub name: String,
+    pub pg_port: u16,
+    pub rest_port: u16,
+    pub dir: PathBuf,
+    pub cfg: PathBuf,
+    /// tini (PID 1 stand-in and subreaper) running Patroni; None once stopped.
+    pub proc: Option<Proc>,
+}
+
+impl Member {
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+    pub fn pg_log(&self) -> PathBuf {
+        self.dir.join("pglog/postgresql.log")
+    }
+    pub fn patroni_log(&self) -> PathBuf {
+        self.dir.join("patroni.log")
+    }
+    /// The Patroni process (tini's child).
+    pub fn patroni_pid(&self) -> Option<i64> {
+        let p = self.proc.as_ref()?;
+        children_of(p.pid()).into_iter().next()
+    }
+    pub fn is_primary(&self) -> bool {
+        matches!(http_get(self.rest_port, "/primary"), Ok((200, _)))
+    }
+    pub fn postmaster_pid(&self) -> Option<i64> {
+        read(&self.data_dir().join("postmaster.pid"))
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+pub struct Bouncer {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub bin: PathBuf,
+    pub version: (u32, u32),
+    pub proc: Option<Proc>,
+}
+
+impl Bouncer {
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("pgbouncer.log")
+    }
+    pub fn admin_url(&self) -> String {
+        format!(
+            "postgresql://{ADMIN_USER}@127.0.0.1:{}/pgbouncer",
+            self.port
+        )
+    }
+    /// Times (µs) of `PAUSE command issued` / `RESUME command issued` in PgBouncer's log.
+    pub fn admin_events(&self) -> Vec<(i64, String)> {
+        read(&self.log_path())
+            .lines()
+            .filter_map(|l| {
+                let ev = if l.contains("PAUSE command issued") {
+                    "PAUSE"
+                } else if l.contains("RESUME command issued") {
+                    "RESUME"
+                } else {
+                    return None;
+                };
+                Some((parse_log_ts(l)?, ev.to_string()))
+            })
+            .collect()
+    }
+}
+
+pub struct Cluster {
+    pub opts: Opts,
+    pub tools: Tools,
+    pub dir: PathBuf,
+    pub scope: String,
+    pub etcd_port: u16,
+    pub haproxy_port: u16,
+    pub etcd: Option<Proc>,
+    pub haproxy: Option<Proc>,
+    pub members: Vec<Member>,
+    pub bouncers: Vec<Bouncer>,
+    pub hooks: Hooks,
+    /// Keep the temp dir (logs) after the test: set on failure or by E2E_KEEP=1.
+    pub keep: bool,
+    stopped: bool,
+}
+
+fn pgbouncer_version(bin: &Path) -> (u32, u32) {
+    let out = Command::new(bin)
+        .arg("--version")
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let s = String::from_utf8_lossy(&out);
+    let v = s
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("0.0");
+    let mut it = v.split('.').map(|x| x.parse().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+impl Cluster {
+    /// Starts everything and waits until the cluster is healthy (leader m1, m2
+    /// streaming), the app database exists and pgbench tables are initialised.
+    pub fn start(opts: Opts) -> Res<Cluster> {
+        let tools = Tools::find(opts.patroni, opts.hooks != Hooks::Off)?;
+        let base = std::env::var("E2E_TMP").unwrap_or_else(|_| "/tmp".into());
+        let dir = PathBuf::from(base).join(format!(
+            "e2e-{}-p{}-{}-{}",
+            opts.label,
+            opts.patroni,
+            std::process::id(),
+            now_us() % 1_000_000_000
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let ports = free_ports(4 + 2 * 2 + opts.pgbouncers);
+        let scope = format!("e2e{}", ports[0]);
+        let mut c = Cluster {
+            hooks: opts.hooks,
+            opts,
+            tools,
+            dir: dir.clone(),
+            scope,
+            etcd_port: ports[0],
+            haproxy_port: ports[2],
+            etcd: None,
+            haproxy: None,
+            members: vec![],
+            bouncers: vec![],
+            keep: std::env::var("E2E_KEEP").is_ok_and(|v| v == "1"),
+            stopped: false,
+        };
+        log(format!(
+            "cluster {} in {} (patroni {}, hooks {:?}, hook binaries {})",
+            c.opts.label,
+            dir.display(),
+            c.opts.patroni,
+            c.hooks,
+            c.tools.hooks_dir.display()
+        ));
+        for (i, name) in ["m1", "m2"].iter().enumerate() {
+            let mdir = dir.join(name);
+            std::fs::create_dir_all(mdir.join("pglog")).map_err(|e| e.to_string())?;
+            c.members.push(Member {
+                name: name.to_string(),
+                pg_port: ports[4 + 2 * i],
+                rest_port: ports[5 + 2 * i],
+                cfg: mdir.join("patroni.yml"),
+                dir: mdir,
+                proc: None,
+            });
+        }
+        for i in 0..c.opts.pgbouncers {
+            let bdir = dir.join(format!("pgbouncer{}", i + 1));
+            std::fs::create_dir_all(&bdir).map_err(|e| e.to_string())?;
+            let bin = c.tools.pgbouncer[i.min(1)].clone();
+            let version = pgbouncer_version(&bin);
+            c.bouncers.push(Bouncer {
+                port: ports[8 + i],
+                dir: bdir,
+                bin,
+                version,
+                proc: None,
+            });
+        }
+        // 0755 so the postgres user can traverse; files inside are owned by postgres.
+        let _ = Command::new("chmod").arg("0755").arg(&dir).status();
+        chown_postgres(&dir);
+
+        let r = c.start_all(ports[1]);
+        if let Err(e) = r {
+            c.keep = true;
+            return Err(format!("{e}\n(logs kept in {})", dir.display()));
+        }
+        Ok(c)
+    }
+
+    fn start_all(&mut self, etcd_peer: u16) -> Res<()> {
+        self.start_etcd(etcd_peer)?;
+        for i in 0..2 {
+            self.write_patroni_cfg(i);
+        }
+        self.start_patroni(0)?;
+        wait_for(
+            "m1 to become primary",
+            Duration::from_secs(90),
+            Duration::from_millis(200),
+            || self.members[0].is_primary().then_some(()),
+        )?;
+        self.create_app_db()?;
+        self.start_patroni(1)?;
+        self.start_haproxy()?;
+        for i in 0..self.bouncers.len() {
+            self.start_pgbouncer(i)?;
+        }
+        self.wait_healthy(Duration::from_secs(90))?;
+        log(format!(
+            "cluster {} up: leader m1, m2 streaming",
+            self.opts.label
+        ));
+        Ok(())
+    }
+
+    fn start_etcd(&mut self, peer: u16) -> Res<()> {
+        let d = self.dir.join("etcd");
+        let client = format!("http://127.0.0.1:{}", self.etcd_port);
+        let peer = format!("http://127.0.0.1:{peer}");
+        let mut cmd = Command::new(&self.tools.etcd);
+        cmd.args(["--name", "e2e", "--data-dir"])
+            .arg(&d)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("e2e={peer}")])
+            .args(["--initial-cluster-state", "new", "--log-level", "warn"])
+            .env("ETCD_UNSUPPORTED_ARCH", "");
+        self.etcd = Some(Proc::spawn("etcd", cmd, &self.dir.join("etcd.log"))?);
+        let port = self.etcd_port;
+        wait_for(
+            "etcd health",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                matches!(http_get(port, "/health"), Ok((200, ref b)) if b.contains("true"))
+                    .then_some(())
+            },
+        )
+    }
+
+    pub fn hook_cmd(&self, m: &Member, hook: &str) -> String {
+        let bin = self.tools.hooks_dir.join(hook);
+        match self.hooks {
+            Hooks::Timed => format!(
+                "/usr/bin/time -v -a -o {} {}",
+                m.dir.join(format!("time-{hook}.log")).display(),
+                bin.display()
+            ),
+            _ => bin.display().to_string(),
+        }
+    }
+
+    fn write_patroni_cfg(&self, i: usize) {
+        let m = &self.members[i];
+        let mut y = String::new();
+        let _ = write!(
+            y,
+            r#"scope: {scope}
+name: {name}
+log:
+  level: INFO
+  format: '%(asctime)s %(levelname)s: %(message)s'
+restapi:
+  listen: 127.0.0.1:{rest}
+  connect_address: 127.0.0.1:{rest}
+etcd3:
+  hosts: 127.0.0.1:{etcd}
+bootstrap:
+  dcs:
+    ttl: 20
+    loop_wait: 2
+    retry_timeout: 5
+    maximum_lag_on_failover: 1048576
+    postgresql:
+      use_pg_rewind: true
+      use_slots: true
+      parameters:
+        wal_level: replica
+        hot_standby: 'on'
+        wal_log_hints: 'on'
+        max_wal_senders: 10
+        max_replication_slots: 10
+        wal_keep_size: 256MB
+        max_connections: 100
+  initdb:
+  - encoding: UTF8
+  - locale: C
+postgresql:
+  listen: 127.0.0.1:{pg}
+  connect_address: 127.0.0.1:{pg}
+  data_dir: {data}
+  bin_dir: {bin}
+  pgpass: {dir}/pgpass
+  authentication:
+    superuser:
+      username: postgres
+      password: {sup}
+    replication:
+      username: replicator
+      password: {repl}
+  basebackup:
+  - checkpoint: fast
+  pg_hba:
+  - local all all trust
+  - host replication replicator 127.0.0.1/32 scram-sha-256
+  - host all all 127.0.0.1/32 scram-sha-256
+  parameters:
+    unix_socket_directories: '{dir}'
+    logging_collector: 'on'
+    log_directory: '{dir}/pglog'
+    log_filename: postgresql.log
+    log_file_mode: '0644'
+    log_line_prefix: '%m [%p] '
+    log_timezone: UTC
+    fsync: 'off'
+    synchronous_commit: 'off'
+"#,
+            scope = self.scope,
+            name = m.name,
+            rest = m.rest_port,
+            etcd = self.etcd_port,
+            pg = m.pg_port,
+            data = m.data_dir().display(),
+            bin = PG_BIN,
+            dir = m.dir.display(),
+            sup = SUPER_PASSWORD,
+            repl = REPL_PASSWORD,
+        );
+        if self.hooks != Hooks::Off {
+            let _ = write!(
+                y,
+                "  before_stop: {bs}\n  callbacks:\n    on_role_change: {orc}\n    on_start: {orc}\n    on_restart: {orc}\n",
+                bs = self.hook_cmd(m, "before-stop"),
+                orc = self.hook_cmd(m, "on-role-change"),
+            );
+        }
+        write(&m.cfg, &y);
+        chown_postgres(&m.cfg);
+    }
+
+    /// Patroni's environment: what a user puts in the pod spec. Secrets travel here,
+    /// never on a command line.
+    fn patroni_env(&self, i: usize) -> Vec<(String, String)> {
+        let m = &self.members[i];
+        let urls: Vec<String> = self.bouncers.iter().map(|b| b.admin_url()).collect();
+        let mut env = vec![
+            ("HOME".into(), m.dir.display().to_string()),
+            ("PATRONI_NAME".into(), m.name.clone()),
+            ("PATRONICTL_CONFIG_FILE".into(), m.cfg.display().to_string()),
+            (
+                "HOOKS_PATRONICTL".into(),
+                self.tools.venv.join("bin/patronictl").display().to_string(),
+            ),
+            ("PGBOUNCER_URLS".into(), urls.join(",")),
+            ("PGBOUNCER_PASSWORD".into(), ADMIN_PASSWORD.into()),
+            (
+                "HOOKS_POSTGRES_URL".into(),
+                format!(
+                    "postgresql:///postgres?host={}&port={}&user=postgres",
+                    m.dir.display(),
+                    m.pg_port
+                ),
+            ),
+            (
+                "HOOKS_UPSTREAM_URLS".into(),
+                format!(
+                    "postgresql://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/app",
+                    self.haproxy_port
+                ),
+            ),
+        ];
+        env.extend(self.opts.hook_env.iter().cloned());
+        env
+    }
+
+    fn start_patroni(&mut self, i: usize) -> Res<()> {
+        let mut cmd = as_postgres(&self.tools.tini.display().to_string());
+        cmd.args(["-s", "--"])
+            .arg(self.tools.venv.join("bin/patroni"))
+            .arg(&self.members[i].cfg);
+        cmd.envs(self.patroni_env(i));
+        let m = &self.members[i];
+        let p = Proc::spawn(&format!("patroni-{}", m.name), cmd, &m.patroni_log())?;
+        self.members[i].proc = Some(p);
+        Ok(())
+    }
+
+    fn psql_super(&self, i: usize, db: &str, sql: &str) -> Res<String> {
+        let m = &self.members[i];
+        run_ok(
+            Command::new(format!("{PG_BIN}/psql"))
+                .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+                .arg(&m.dir)
+                .args([
+                    "-p",
+                    &m.pg_port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    db,
+                    "-c",
+                    sql,
+                ]),
+            Duration::from_secs(30),
+        )
+    }
+
+    fn create_app_db(&self) -> Res<()> {
+        self.psql_super(
+            0,
+            "postgres",
+            &format!("CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"),
+        )?;
+        self.psql_super(
+            0,
+            "postgres",
+            &format!("CREATE DATABASE app OWNER {APP_USER}"),
+        )?;
+        self.psql_super(
+            0,
+            "app",
+            &format!("CREATE TABLE e2e_probe (id bigserial PRIMARY KEY, client text, at timestamptz DEFAULT now()); ALTER TABLE e2e_probe OWNER TO {APP_USER}"),
+        )?;
+        let m = &self.members[0];
+        run_ok(
+            Command::new(format!("{PG_BIN}/pgbench"))
+                .args([
+                    "-i",
+                    "-s",
+                    "1",
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &m.pg_port.to_string(),
+                ])
+                .args(["-U", APP_USER, "app"])
+                .env("PGPASSWORD", APP_PASSWORD),
+            Duration::from_secs(60),
+        )?;
+        Ok(())
+    }
+
+    fn start_haproxy(&mut self) -> Res<()> {
+        let mut cfg = format!(
+            r#"global
+    maxconn 500
+defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 30m
+    timeout server 30m
+    timeout check 1s
+listen primary
+    bind 127.0.0.1:{port}
+    option httpchk GET /primary
+    http-check expect status 200
+    default-server inter 200ms fastinter 100ms downinter 200ms rise 1 fall 1 on-marked-down shutdown-sessions
+"#,
+            port = self.haproxy_port
+        );
+        for m in &self.members {
+            let _ = writeln!(
+                cfg,
+                "    server {} 127.0.0.1:{} check port {}",
+                m.name, m.pg_port, m.rest_port
+            );
+        }
+        let path = self.dir.join("haproxy.cfg");
+        write(&path, &cfg);
+        let mut cmd = Command::new(&self.tools.haproxy);
+        cmd.arg("-db").arg("-f").arg(&path);
+        self.haproxy = Some(Proc::spawn("haproxy", cmd, &self.dir.join("haproxy.log"))?);
+        let port = self.haproxy_port;
+        wait_for(
+            "haproxy listening",
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || port_open(port).then_some(()),
+        )
+    }
+
+    fn start_pgbouncer(&mut self, i: usize) -> Res<()> {
+        let b = &self.bouncers[i];
+        let userlist = b.dir.join("userlist.txt");
+        write(
+            &userlist,
+            &format!("\"{APP_USER}\" \"{APP_PASSWORD}\"\n\"{ADMIN_USER}\" \"{ADMIN_PASSWORD}\"\n"),
+        );
+        let ini = b.dir.join("pgbouncer.ini");
+        write(
+            &ini,
+            &format!(
+                r#"[databases]
+app = host=127.0.0.1 port={hap} dbname=app
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {userlist}
+admin_users = {ADMIN_USER}
+pool_mode = transaction
+max_client_conn = 200
+default_pool_size = 20
+logfile = {log}
+ignore_startup_parameters = extra_float_digits
+"#,
+                hap = self.haproxy_port,
+                port = b.port,
+                userlist = userlist.display(),
+                log = b.log_path().display(),
+            ),
+        );
+        chown_postgres(&b.dir);
+        let mut cmd = as_postgres(&b.bin.display().to_string());
+        cmd.arg(&ini);
+        let p = Proc::spawn(
+            &format!("pgbouncer{}", i + 1),
+            cmd,
+            &b.dir.join("stdout.log"),
+        )?;
+        self.bouncers[i].proc = Some(p);
+        let port = self.bouncers[i].port;
+        wait_for(
+            "pgbouncer listening",
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || port_open(port).then_some(()),
+        )
+    }
+
+    /// Patroni's view of the cluster (GET /cluster on the first member that answers).
+    pub fn cluster_json(&self) -> Option<serde_json::Value> {
+        for m in &self.members {
+            if m.proc.is_none() {
+                continue;
+            }
+            if let Ok((200, body)) = http_get(m.rest_port, "/cluster") {
+                if let Ok(v) = serde_json::from_str(&body) {
+                    return Some(v);
+                }
+            }
+        }
+        None
+    }
+
+    /// Name of the leader, if Patroni reports one that is running.
+    pub fn leader(&self) -> Option<String> {
+        let v = self.cluster_json()?;
+        v["members"].as_array()?.iter().find_map(|m| {
+            (m["role"] == "leader" && m["state"] == "running")
+                .then(|| m["name"].as_str().unwrap().to_string())
+        })
+    }
+
+    pub fn member(&self, name: &str) -> &Member {
+        self.members
+            .iter()
+            .find(|m| m.name == name)
+            .expect("member")
+    }
+
+    pub fn idx(&self, name: &str) -> usize {
+        self.members
+            .iter()
+            .position(|m| m.name == name)
+            .expect("member")
+    }
+
+    /// Healthy: one running leader that HAProxy's check (GET /primary) accepts, and every
+    /// other live member a replica in state `streaming`, no pending restart.
+    pub fn wait_healthy(&self, timeout: Duration) -> Res<String> {
+        let live: Vec<&str> = self
+            .members
+            .iter()
+            .filter(|m| m.proc.is_some())
+            .map(|m| m.name.as_str())
+            .collect();
+        wait_for(
+            "cluster healthy",
+            timeout,
+            Duration::from_millis(200),
+            || {
+                let v = self.cluster_json()?;
+                let ms = v["members"].as_array()?;
+                let mut leader = None;
+                for name in &live {
+                    let m = ms.iter().find(|m| m["name"] == *name)?;
+                    if m["role"] == "leader" {
+                        if m["state"] != "running" {
+                            return None;
+                        }
+                        leader = Some(name.to_string());
+                    } else if m["state"] != "streaming" {
+                        return None;
+                    }
+                }
+                let leader = leader?;
+                self.member(&leader).is_primary().then_some(leader)
+            },
+        )
+    }
+
+    fn patronictl(&self) -> Command {
+        let mut c = Command::new(self.tools.venv.join("bin/patronictl"));
+        c.arg("-c").arg(&self.members[0].cfg).env("TZ", "UTC");
+        c
+    }
+
+    pub fn switchover(&self, from: &str, to: &str) -> Res<String> {
+        log(format!("patronictl switchover {from} -> {to}"));
+        run_ok(
+            self.patronictl().args([
+                "switchover",
+                &self.scope,
+                "--leader",
+                from,
+                "--candidate",
+                to,
+                "--force",
+            ]),
+            Duration::from_secs(90),
+        )
+    }
+
+    pub fn restart(&self, member: &str) -> Res<String> {
+        log(format!("patronictl restart {member}"));
+        run_ok(
+            self.patronictl()
+                .args(["restart", &self.scope, member, "--force"]),
+            Duration::from_secs(90),
+        )
+    }
+
+    /// "Pod deletion": SIGTERM to the container's PID 1 (tini), which forwards it to
+    /// Patroni; Patroni stops Postgres (before_stop runs) and releases the leader key.
+    pub fn sigterm_member(&mut self, name: &str) -> Res<()> {
+        let i = self.idx(name);
+        let pid = self.members[i]
+            .proc
+            .as_ref()
+            .ok_or("member not running")?
+            .pid();
+        log(format!("SIGTERM to {name}'s tini (pid {pid})"));
+        signal(pid, "TERM");
+        let p = self.members[i].proc.as_mut().unwrap();
+        if wait_child(&mut p.child, Duration::from_secs(60)).is_none() {
+            return Err(format!("{name} did not exit within 60 s of SIGTERM"));
+        }
+        let mut p = self.members[i].proc.take().unwrap();
+        p.stop(Duration::from_secs(1));
+        Ok(())
+    }
+
+    /// Re-point the hooks (e.g. off/on for the benchmark) and make Patroni reload.
+    pub fn set_hooks(&mut self, hooks: Hooks) -> Res<()> {
+        self.hooks = hooks;
+        for i in 0..self.members.len() {
+            if self.members[i].proc.is_none() {
+                continue;
+            }
+            self.write_patroni_cfg(i);
+            let port = self.members[i].rest_port;
+            let (st, body) = http_req(port, "POST", "/reload", "")?;
+            if st != 202 && st != 200 {
+                return Err(format!("reload {}: {st} {body}", self.members[i].name));
+            }
+        }
+        // Patroni applies a reload in its next HA cycle; wait until the new config
+        // shows up in its log (bounded), else sleep one loop_wait.
+        std::thread::sleep(Duration::from_secs(3));
+        Ok(())
+    }
+
+    /// Is PgBouncer `i` paused? `SHOW STATE` on >= 1.19; on older versions a RESUME is
+    /// sent and `pooler is not paused/suspended` means "not paused" (which is the
+    /// only non-destructive answer: this is meant for the end of a scenario).
+    pub fn bouncer_paused(&self, i: usize) -> Res<bool> {
+        workload::bouncer_paused(&self.bouncers[i])
+    }
+
+    pub fn pg_log_events(&self, name: &str, pat: &str) -> Vec<i64> {
+        read(&self.member(name).pg_log())
+            .lines()
+            .filter(|l| l.contains(pat))
+            .filter_map(parse_log_ts)
+            .collect()
+    }
+
+    /// Stops everything we started, by PID / process group, bounded. Idempotent.
+    pub fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        for b in self.bouncers.iter_mut() {
+            if let Some(mut p) = b.proc.take() {
+                p.stop(Duration::from_secs(5));
+            }
+        }
+        if let Some(mut h) = self.haproxy.take() {
+            h.stop(Duration::from_secs(5));
+        }
+        // Replicas first, then the leader, so the leader does not wait for them.
+        let order: Vec<usize> = {
+            let leader = self.leader();
+            let mut v: Vec<usize> = (0..self.members.len()).collect();
+            v.sort_by_key(|&i| Some(&self.members[i].name) == leader.as_ref());
+            v
+        };
+        for i in order {
+            let pm = self.members[i].postmaster_pid();
+            if let Some(mut p) = self.members[i].proc.take() {
+                // SIGTERM to tini -> Patroni stops Postgres; Patroni's pgroup too.
+                let tini = p.pid();
+                let patroni = children_of(tini);
+                signal(tini, "TERM");
+                if wait_child(&mut p.child, Duration::from_secs(30)).is_none() {
+                    log(format!("{} did not stop in 30 s: SIGKILL", p.name));
+                }
+                for pid in patroni {
+                    signal(-pid, "KILL");
+                }
+                p.stop(Duration::from_secs(1));
+            }
+            // The postmaster runs in its own session (Patroni setsid()s it).
+            if let Some(pm) = pm {
+                if pid_alive(pm) && pm_belongs(pm, &self.members[i].data_dir()) {
+                    signal(pm, "QUIT");
+                    let _ = wait_for(
+                        "postmaster exit",
+                        Duration::from_secs(10),
+                        Duration::from_millis(50),
+                        || (!pid_alive(pm)).then_some(()),
+                    );
+                    if pid_alive(pm) {
+                        signal(pm, "KILL");
+                    }
+                }
+            }
+        }
+        if let Some(mut e) = self.etcd.take() {
+            e.stop(Duration::from_secs(5));
+        }
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            log(format!("logs kept in {}", self.dir.display()));
+        }
+    }
+}
+
+/// Only signal a postmaster whose command line names our data dir.
+fn pm_belongs(pid: i64, data: &Path) -> bool {
+    read(Path::new(&format!("/proc/{pid}/cmdline"))).contains(&*data.display().to_string())
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.keep = true;
+        }
+        self.stop();
+    }
+}
