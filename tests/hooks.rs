@@ -503,3 +503,76 @@ fn a_callback_killed_mid_wait_still_resumes() {
     assert!(!pgb.is_paused(), "{}", read(&log));
     common::spawn_psql(&pgb.app_url(), "SELECT 1").expect_success(Duration::from_secs(10));
 }
+
+#[test]
+fn resume_while_a_pause_is_still_draining_leaves_nothing_stuck() {
+    for build in PgBouncerBuild::all() {
+        let pg = Postgres::start_primary();
+        let pgb = PgBouncer::start(build, "127.0.0.1", pg.port);
+        let mut long = common::spawn_psql(&pgb.app_url(), "BEGIN; SELECT pg_sleep(3); COMMIT;");
+        common::wait_until(
+            "the long transaction",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                (pg.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(3)%' AND state = 'active' AND pid <> pg_backend_pid()") == "1").then_some(())
+            },
+        );
+        // before-stop gives up on the drain after 0.5 s and leaves PgBouncer pausing ...
+        let (out, stderr) = before_stop(
+            &leader_view(&pgb.dir, "m1"),
+            &[&pgb],
+            &["--pause-timeout", "500ms"],
+        );
+        assert_ok(&out, &stderr);
+        assert!(stderr.contains("still draining"), "{stderr}");
+        // ... and the new primary resumes while the PAUSE is still pending.
+        let (out, stderr) = run(on_role_change(&pg, &[&pgb], &[]));
+        assert_ok(&out, &stderr);
+        long.expect_success(Duration::from_secs(10));
+        common::spawn_psql(&pgb.app_url(), "SELECT 1").expect_success(Duration::from_secs(5));
+        assert!(!pgb.is_paused(), "{build:?}");
+        // A later PAUSE/RESUME cycle still works: nothing was left half-paused.
+        let (out, stderr) = before_stop(&leader_view(&pgb.dir, "m1"), &[&pgb], &[]);
+        assert_ok(&out, &stderr);
+        assert!(stderr.contains("PAUSE paused"), "{build:?}: {stderr}");
+        let (out, stderr) = run(on_role_change(&pg, &[&pgb], &[]));
+        assert_ok(&out, &stderr);
+        assert!(!pgb.is_paused());
+    }
+}
+
+#[test]
+fn check_reports_without_changing_anything() {
+    let pg = Postgres::start_primary();
+    let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
+    let old = PgBouncer::start(PgBouncerBuild::Debian, "127.0.0.1", pg.port);
+    let view = leader_view(&pgb.dir, "m1");
+    let (out, stderr) = before_stop(&view, &[&pgb, &old], &["--check"]);
+    assert_ok(&out, &stderr);
+    for expected in [
+        "version=PgBouncer 1.24",
+        "version=PgBouncer 1.18",
+        "pool_mode=transaction",
+        "show_state=false",
+        "role=Leader",
+        "ready",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?}: {stderr}");
+    }
+    assert!(!pgb.is_paused() && !old.is_paused());
+    let (out, stderr) = run(on_role_change(&pg, &[&pgb], &["--check"]));
+    assert_ok(&out, &stderr);
+    assert!(stderr.contains("role=\"primary\""), "{stderr}");
+    assert!(
+        stderr.contains("route from PgBouncer to the new primary is not verified"),
+        "{stderr}"
+    );
+    // A paused PgBouncer, or one that cannot be reached, makes the check fail.
+    pgb.admin("PAUSE").unwrap();
+    let (out, stderr) = before_stop(&view, &[&pgb], &["--check"]);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("paused=true"), "{stderr}");
+    assert!(pgb.is_paused(), "--check must not change anything");
+    pgb.admin("RESUME").unwrap();
+}
