@@ -399,3 +399,50 @@ fn help_documents_every_flag_with_its_env_var() {
         assert!(version.starts_with(name), "{version}");
     }
 }
+
+#[test]
+fn unreachable_local_postgres_and_missing_password_file() {
+    let port = common::free_port();
+    let mut cmd = hook("on-role-change");
+    cmd.args([
+        "on_role_change",
+        "primary",
+        "demo",
+        "--no-detach",
+        "--promote-timeout",
+        "1s",
+    ])
+    .args([
+        "--postgres",
+        &format!("postgresql://postgres@127.0.0.1:{port}/postgres"),
+    ])
+    .args(["--pgbouncer", "postgresql://admin@127.0.0.1:1/pgbouncer"]);
+    let started = Instant::now();
+    let (code, _, stderr) = run(cmd, None);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("did not leave recovery within 1s"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("refused"),
+        "the last error is named: {stderr}"
+    );
+    assert!(stderr.contains("NOT resumed"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let s = Scratch::new("password-file");
+    let list = s.file("l.tsv", LEADER_M1);
+    let mut cmd = hook("before-stop");
+    cmd.args(["--member", "m1", "--list-tsv"])
+        .arg(&list)
+        .args(["--pgbouncer", "postgresql://admin@127.0.0.1:1/pgbouncer"])
+        .arg("--pgbouncer-password-file")
+        .arg(s.0.join("no-such-secret"));
+    let (code, _, stderr) = run(cmd, None);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot read --pgbouncer-password-file"),
+        "{stderr}"
+    );
+}
