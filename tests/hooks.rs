@@ -177,6 +177,11 @@ fn pause_waits_for_an_open_transaction_within_the_bound() {
             took < Duration::from_secs(4),
             "before-stop waited for the transaction: {took:?}"
         );
+        if pgb.has_show_state() {
+            // The safety net relies on this: a PAUSE still draining already reads as paused.
+            let state = pgb.admin("SHOW STATE").unwrap();
+            assert!(state.lines().any(|l| l == "paused|yes"), "{state}");
+        }
         // The open transaction still finishes, and PgBouncer is left paused afterwards.
         long.expect_success(Duration::from_secs(10));
         assert!(pgb.is_paused(), "{build:?}: left pausing, must end paused");
