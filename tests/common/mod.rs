@@ -14,7 +14,8 @@
 //! * Clients (psql, pgbench, the hook binaries) run as the current user.
 //! * Every wait is bounded; every failure panics with the server's log tail.
 //! * A directory is removed on Drop when the test did not panic; after a panic it is
-//!   kept for post-mortem and removed by a later run once its owning process is gone.
+//!   kept for post-mortem (path printed on stderr) and removed by a later run once its
+//!   owning process is gone and it is 15 minutes old.
 //!
 //! Environment overrides: `PPH_PG_BIN` (default `/usr/lib/postgresql/15/bin`),
 //! `PPH_PGBOUNCER_DEBIAN` (default `/usr/sbin/pgbouncer`), `PPH_PGBOUNCER_TRIXIE`
@@ -257,7 +258,9 @@ fn test_root() -> PathBuf {
     .clone()
 }
 
-/// Removes `<root>/<pid>-*` directories whose owning test process is gone.
+/// Removes `<root>/<pid>-*` directories whose owning test process is gone: templates
+/// at once, directories kept after a failure once they are 15 minutes old (time for a
+/// post-mortem even when another test run starts meanwhile).
 fn remove_stale_dirs(root: &Path) {
     let Ok(entries) = fs::read_dir(root) else {
         return;
@@ -267,7 +270,16 @@ fn remove_stale_dirs(root: &Path) {
         let Some(pid) = name.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let age = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default();
+        if name.ends_with("-template") || age > Duration::from_secs(15 * 60) {
             let _ = fs::remove_dir_all(e.path());
         }
     }
