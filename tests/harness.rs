@@ -112,6 +112,13 @@ fn standby_replicates_and_promotes() {
         "standby accepted a write"
     );
 
+    // PgBouncer in front of the primary, re-pointed at the standby after promotion.
+    let mut pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", primary.port);
+    assert_eq!(
+        common::psql_url(&pgb.app_url(), "SELECT inet_server_port()", None).unwrap(),
+        primary.port.to_string()
+    );
+
     standby.promote();
     common::wait_until(
         "promotion",
@@ -121,6 +128,12 @@ fn standby_replicates_and_promotes() {
     );
     standby.psql("INSERT INTO t(v) VALUES ('after promote')");
     assert_eq!(standby.psql("SELECT count(*) FROM t"), "2");
+    pgb.set_backend("127.0.0.1", standby.port);
+    pgb.admin("RECONNECT").expect("RECONNECT");
+    assert_eq!(
+        common::psql_url(&pgb.app_url(), "SELECT inet_server_port()", None).unwrap(),
+        standby.port.to_string()
+    );
     // The unix socket works too (libpq `host=<dir>`), as on-role-change's PGHOST would.
     let mut c = common::client(common::pg_bin("psql"));
     c.args(["-XAtq", "-h"]).arg(standby.socket_dir()).args([
@@ -188,4 +201,21 @@ fn pause_waits_for_open_transaction_pgbouncer_debian_1_18() {
 #[test]
 fn pause_waits_for_open_transaction_pgbouncer_trixie() {
     pause_waits_for_open_transaction(PgBouncerBuild::Trixie);
+}
+
+#[test]
+fn restart_keeps_data_and_stop_is_idempotent() {
+    let mut pg = Postgres::start_primary();
+    pg.psql("INSERT INTO t(v) VALUES ('kept')");
+    let pid = pg.pid().unwrap();
+    pg.restart();
+    assert_ne!(pg.pid().unwrap(), pid);
+    assert_eq!(pg.psql("SELECT v FROM t"), "kept");
+    pg.stop();
+    assert!(
+        pg.try_psql("SELECT 1").is_err(),
+        "server still answers after stop"
+    );
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    pg.stop();
 }
