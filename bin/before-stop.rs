@@ -11,7 +11,8 @@ use clap::Parser;
 
 use hooks::config::{self, CommonArgs, PgBouncerArgs};
 use hooks::decision::{self, Action, Decision, ListVerdict};
-use hooks::{detach, exit, logging, patronictl, pause, pgbouncer, report, safety};
+use hooks::patronictl::{Member, Switch};
+use hooks::{detach, exit, logging, patroni_api, patronictl, pause, pgbouncer, report, safety};
 
 /// PAUSE the PgBouncers in front of a Patroni cluster before its leader's Postgres stops.
 ///
@@ -52,6 +53,11 @@ struct Cli {
     /// Bounds each patronictl call; it is killed after that.
     #[arg(long, value_name = "DURATION", env = "HOOKS_PATRONICTL_TIMEOUT", default_value = "5s", value_parser = config::parse_duration)]
     patronictl_timeout: Duration,
+
+    /// The local Patroni REST API, e.g. http://127.0.0.1:8008: a faster source of the same
+    /// facts (GET /cluster and /history). On any failure patronictl is used instead.
+    #[arg(long, value_name = "URL", env = "HOOKS_PATRONI_URL")]
+    patroni_url: Option<String>,
 
     /// Read `patronictl list -f tsv` output from this file (- for stdin) instead of running patronictl.
     #[arg(long, value_name = "PATH", env = "HOOKS_LIST_TSV")]
@@ -139,12 +145,10 @@ async fn run_async(cli: &Cli) -> Result<u8> {
     if cli.common.check {
         let password = cli.pgbouncer.password()?;
         let ok = pause::preflight(&urls, password.as_deref(), &cli.pgbouncer).await;
-        let role = read_view(cli).await.and_then(|(list, _)| {
-            let list = patronictl::parse_list(&list)?;
-            Ok(list
-                .into_iter()
+        let role = read_view(cli).await.map(|(list, _)| {
+            list.into_iter()
                 .find(|m| m.name == member)
-                .map(|m| format!("{:?}", m.role)))
+                .map(|m| format!("{:?}", m.role))
         });
         let role_ok = match role {
             Ok(Some(role)) => {
@@ -246,8 +250,20 @@ fn member_name(given: Option<&str>) -> Result<String> {
     ))
 }
 
-/// Both outputs, read at once; history may fail without harm when the list decides alone.
-async fn read_view(cli: &Cli) -> Result<(String, Result<String>)> {
+/// The member list and, when it could be read, the history. The REST API is tried first when
+/// `--patroni-url` is set (milliseconds instead of two Python start-ups); files and
+/// patronictl otherwise, both read at once. History may fail without harm when the list
+/// decides alone.
+async fn read_view(cli: &Cli) -> Result<(Vec<Member>, Result<Vec<Switch>>)> {
+    if let Some(url) = &cli.patroni_url {
+        let api = patroni_api::Api::parse(url).map_err(|e| config::usage(format!("{e:#}")))?;
+        match api.view(cli.patronictl_timeout).await {
+            Ok((list, history)) => return Ok((list, Ok(history))),
+            Err(err) => {
+                tracing::warn!("Patroni REST API failed, using patronictl instead: {err:#}")
+            }
+        }
+    }
     let ctl = patronictl::Patronictl {
         program: cli.patronictl.clone(),
         args: cli.patronictl_args.clone(),
@@ -266,16 +282,19 @@ async fn read_view(cli: &Cli) -> Result<(String, Result<String>)> {
         read(cli.list_tsv.clone(), "list"),
         read(cli.history_tsv.clone(), "history")
     );
-    Ok((list?, history))
+    let list = patronictl::parse_list(&list?)?;
+    Ok((
+        list,
+        history.and_then(|text| patronictl::parse_history(&text)),
+    ))
 }
 
 async fn decide(cli: &Cli, member: &str) -> Result<Decision> {
     let (list, history) = read_view(cli).await?;
-    let list = patronictl::parse_list(&list)?;
     match decision::decide_from_list(member, &list).map_err(anyhow::Error::msg)? {
         ListVerdict::Decided(decision) => Ok(decision),
         ListVerdict::NeedHistory => {
-            let history = patronictl::parse_history(&history?)?;
+            let history = history?;
             let group = list
                 .iter()
                 .find(|m| m.name == member)

@@ -11,6 +11,7 @@ pub mod decision;
 pub mod detach;
 pub mod exit;
 pub mod logging;
+pub mod patroni_api;
 pub mod patronictl;
 pub mod pause;
 pub mod pgbouncer;

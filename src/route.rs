@@ -17,11 +17,16 @@ use crate::postgres::Local;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
     pub system_identifier: String,
+    /// Postmaster start time in microseconds since the epoch: as a number, not as
+    /// `timestamptz` text, whose form depends on the session's `TimeZone` and `DateStyle`
+    /// (the upstream URL may name another database or role, or carry `options=`).
     pub started: String,
     pub in_recovery: bool,
 }
 
-const IDENTITY_SQL: &str = "SELECT system_identifier::text, pg_postmaster_start_time()::text, pg_is_in_recovery()::text FROM pg_control_system()";
+const IDENTITY_SQL: &str = "SELECT system_identifier::text, \
+     (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint::text, \
+     pg_is_in_recovery()::text FROM pg_control_system()";
 
 pub async fn identity(client: &Client) -> Result<Identity> {
     let messages = client
@@ -41,11 +46,26 @@ pub async fn identity(client: &Client) -> Result<Identity> {
     bail!("identity query returned no row")
 }
 
-/// Whether `upstream` is this very server and writable.
+/// Whether `upstream` is this very server, in the same state: writable when this member is
+/// (a primary), in recovery when this member is (a standby leader, which RESUMEs without
+/// promotion: its route leads to a server in recovery by design).
 pub fn reaches(local: &Identity, upstream: &Identity) -> bool {
-    !upstream.in_recovery
+    upstream.in_recovery == local.in_recovery
         && upstream.system_identifier == local.system_identifier
         && upstream.started == local.started
+}
+
+/// Why `upstream` does not count as this member, for the log.
+fn mismatch(local: &Identity, upstream: &Identity) -> &'static str {
+    if upstream.system_identifier != local.system_identifier {
+        "another cluster (system identifier differs)"
+    } else if upstream.started != local.started {
+        "another member of this cluster"
+    } else if upstream.in_recovery {
+        "this member, but in recovery"
+    } else {
+        "this member, but out of recovery"
+    }
 }
 
 /// Polls every upstream with a fresh connection each time (a pooled one would stick to the
@@ -73,8 +93,13 @@ pub async fn wait_for_route(
     let poll = poll.max(Duration::from_millis(1));
     let max_polls = timeout.as_millis() / poll.as_millis() + 2;
     let mut pending: Vec<&Local> = upstreams.iter().collect();
-    let mut last = String::new();
-    for _ in 0..max_polls {
+    let mut last = String::from("not polled");
+    for round in 0..max_polls {
+        // The first round always runs; a later one only with time left, so the loud
+        // message below names the last real answer, not a poll given no time at all.
+        if round > 0 && Instant::now() >= deadline {
+            break;
+        }
         let mut still = Vec::new();
         for upstream in pending {
             let remaining = deadline
@@ -95,8 +120,10 @@ pub async fn wait_for_route(
                 }
                 Ok(them) => {
                     last = format!(
-                        "{} answers from another server (in_recovery={})",
-                        upstream.shown, them.in_recovery
+                        "{} answers from {} (in_recovery={})",
+                        upstream.shown,
+                        mismatch(&me, &them),
+                        them.in_recovery
                     );
                     still.push(upstream);
                 }
@@ -109,9 +136,6 @@ pub async fn wait_for_route(
         pending = still;
         if pending.is_empty() {
             return true;
-        }
-        if Instant::now() >= deadline {
-            break;
         }
         tokio::time::sleep(poll.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
@@ -143,5 +167,21 @@ mod tests {
             "old primary of the same cluster"
         );
         assert!(!reaches(&me, &id("8", "t1", false)), "another cluster");
+    }
+
+    #[test]
+    fn a_standby_leader_is_reached_in_recovery() {
+        let me = id("7", "t1", true);
+        assert!(reaches(&me, &id("7", "t1", true)));
+        assert!(!reaches(&me, &id("7", "t0", true)), "another standby");
+        assert!(!reaches(&me, &id("7", "t0", false)), "a primary elsewhere");
+    }
+
+    #[test]
+    fn the_log_names_the_difference() {
+        let me = id("7", "t1", false);
+        assert!(mismatch(&me, &id("8", "t1", false)).contains("another cluster"));
+        assert!(mismatch(&me, &id("7", "t0", false)).contains("another member"));
+        assert!(mismatch(&me, &id("7", "t1", true)).contains("in recovery"));
     }
 }

@@ -349,6 +349,7 @@ fn help_documents_every_flag_with_its_env_var() {
         ("--patronictl", "HOOKS_PATRONICTL"),
         ("--patronictl-arg", "HOOKS_PATRONICTL_ARGS"),
         ("--patronictl-timeout", "HOOKS_PATRONICTL_TIMEOUT"),
+        ("--patroni-url", "HOOKS_PATRONI_URL"),
         ("--list-tsv", "HOOKS_LIST_TSV"),
         ("--history-tsv", "HOOKS_HISTORY_TSV"),
         ("--pause-timeout", "HOOKS_PAUSE_TIMEOUT"),
@@ -445,4 +446,38 @@ fn unreachable_local_postgres_and_missing_password_file() {
         stderr.contains("cannot read --pgbouncer-password-file"),
         "{stderr}"
     );
+}
+
+#[test]
+fn an_unreachable_patroni_api_falls_back_to_patronictl_output() {
+    let s = Scratch::new("api-fallback");
+    let list = s.file("l.tsv", LEADER_M1);
+    let history = s.file("h.tsv", HISTORY_M2_NEWEST);
+    let port = common::free_port();
+    let mut cmd = hook("before-stop");
+    cmd.args(["--dry-run", "--member", "m1", "--patronictl-timeout", "2s"])
+        .args(["--patroni-url", &format!("http://127.0.0.1:{port}")])
+        .arg("--list-tsv")
+        .arg(&list)
+        .arg("--history-tsv")
+        .arg(&history);
+    let (code, stdout, stderr) = run(cmd, None);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("Patroni REST API failed, using patronictl instead"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("\"action\":\"pause\""), "{stdout}");
+
+    let mut cmd = hook("before-stop");
+    cmd.args([
+        "--dry-run",
+        "--member",
+        "m1",
+        "--patroni-url",
+        "https://127.0.0.1:8008",
+    ]);
+    let (code, _, stderr) = run(cmd, None);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("only http:// is supported"), "{stderr}");
 }
