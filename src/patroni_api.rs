@@ -69,7 +69,7 @@ impl Api {
             .await
             .map_err(|_| anyhow!("{shown} did not answer within {timeout:?}"))?
             .with_context(|| format!("{shown} failed"))?;
-        body(&response).with_context(|| format!("{shown}"))
+        body(&response).with_context(|| shown)
     }
 }
 
