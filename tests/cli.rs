@@ -481,3 +481,40 @@ fn an_unreachable_patroni_api_falls_back_to_patronictl_output() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("only http:// is supported"), "{stderr}");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let s = Scratch::new("json");
+    let list = s.file("l.tsv", LEADER_M1);
+    let mut cmd = hook("before-stop");
+    cmd.args([
+        "--dry-run",
+        "--member",
+        "m1",
+        "--log-format",
+        "json",
+        "--list-tsv",
+    ])
+    .arg(&list)
+    .env("HOOKS_HISTORY_TSV", &list);
+    let (code, stdout, stderr) = run(cmd, None);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("\"action\":\"pause\""));
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            value.get("level").is_some() && value.get("message").is_some(),
+            "{line}"
+        );
+    }
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .contains("\"message\":\"before-stop done\""),
+        "{stderr}"
+    );
+}
