@@ -7,7 +7,7 @@
 #
 #   command: ["cp", "/hooks/before-stop", "/hooks/on-role-change", "/callbacks/"]
 #
-# Build (see docs/runbook.md, "Building the image"):
+# Build (see README.md, "Runbook", "Building the image"):
 #
 #   docker build -t registry.example.com/patroni-pgbouncer-hooks:0.1.0 .
 #

@@ -1,4 +1,4 @@
-//! The Kubernetes manifests (configmap/) and the runbook (docs/runbook.md) must not drift from
+//! The Kubernetes manifests (configmap/) and the runbook (README.md) must not drift from
 //! the binaries: every `--flag` given to `before-stop` / `on-role-change` there, and every
 //! `HOOKS_*`, `PGBOUNCER_*` and `PATRONI_NAME` variable named in the manifests, must appear in
 //! the binaries' `--help`. The YAML is scanned crudely as text (std only, no YAML parser).
@@ -173,10 +173,8 @@ fn manifest_env_vars_exist_in_help() {
 #[test]
 fn flags_in_manifests_and_runbook_exist_in_help() {
     let mut sources = manifests();
-    let runbook = repo().join("docs/runbook.md");
-    if runbook.is_file() {
-        sources.push((runbook.clone(), fs::read_to_string(&runbook).unwrap()));
-    }
+    let readme = repo().join("README.md");
+    sources.push((readme.clone(), fs::read_to_string(&readme).expect("README.md holds the runbook")));
     let mut checked = 0;
     let mut missing = Vec::new();
     for (binary, exe) in [
