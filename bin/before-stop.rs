@@ -12,7 +12,7 @@ use clap::Parser;
 use hooks::config::{self, CommonArgs, PgBouncerArgs};
 use hooks::decision::{self, Action, Decision, ListVerdict};
 use hooks::patronictl::{Member, Switch};
-use hooks::{detach, exit, logging, patroni_api, patronictl, pause, pgbouncer, report, safety};
+use hooks::{detach, exit, logging, patroni_api, patronictl, pause, report, safety};
 
 /// PAUSE the PgBouncers in front of a Patroni cluster before its leader's Postgres stops.
 ///
@@ -120,21 +120,7 @@ async fn run_async(cli: &Cli) -> Result<u8> {
             "--list-tsv and --history-tsv cannot both read standard input",
         ));
     }
-    let urls = cli
-        .pgbouncer
-        .urls
-        .iter()
-        .filter(|u| !u.trim().is_empty())
-        .map(|u| pgbouncer::Url::parse(u).map_err(|e| config::usage(format!("{e:#}"))))
-        .collect::<Result<Vec<_>>>()?;
-    if urls.is_empty() && !cli.common.dry_run {
-        return Err(config::usage(
-            "no PgBouncer to pause: set --pgbouncer or PGBOUNCER_URLS",
-        ));
-    }
-    if cli.pgbouncer.password_in_argv() {
-        tracing::warn!("a --pgbouncer URL carries a password, visible in `ps`: use PGBOUNCER_PASSWORD_FILE instead");
-    }
+    let urls = cli.pgbouncer.parsed_urls("pause", !cli.common.dry_run)?;
     if let Some(deadline_ms) = cli.safety_net_until {
         let password = cli.pgbouncer.password()?;
         safety::watch(&urls, password.as_deref(), &cli.pgbouncer, deadline_ms).await;

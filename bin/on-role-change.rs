@@ -119,21 +119,7 @@ async fn run_async(cli: &Cli) -> Result<u8> {
             )))
         }
     };
-    let urls = cli
-        .pgbouncer
-        .urls
-        .iter()
-        .filter(|u| !u.trim().is_empty())
-        .map(|u| pgbouncer::Url::parse(u).map_err(|e| config::usage(format!("{e:#}"))))
-        .collect::<Result<Vec<_>>>()?;
-    if urls.is_empty() && !cli.common.dry_run {
-        return Err(config::usage(
-            "no PgBouncer to resume: set --pgbouncer or PGBOUNCER_URLS",
-        ));
-    }
-    if cli.pgbouncer.password_in_argv() {
-        tracing::warn!("a --pgbouncer URL carries a password, visible in `ps`: use PGBOUNCER_PASSWORD_FILE instead");
-    }
+    let urls = cli.pgbouncer.parsed_urls("resume", !cli.common.dry_run)?;
     let local = Local::from_url_or_env(cli.postgres.as_deref(), &postgres::process_env)
         .map_err(|e| config::usage(format!("{e:#}")))?;
     let upstreams = cli

@@ -64,6 +64,26 @@ impl PgBouncerArgs {
         }
     }
 
+    /// The parsed `--pgbouncer` URLs; a bad URL is a usage error, and so is none at all when
+    /// `required` (only a dry run may go without). `verb` names what they are for.
+    pub fn parsed_urls(&self, verb: &str, required: bool) -> Result<Vec<crate::pgbouncer::Url>> {
+        let urls = self
+            .urls
+            .iter()
+            .filter(|u| !u.trim().is_empty())
+            .map(|u| crate::pgbouncer::Url::parse(u).map_err(|e| usage(format!("{e:#}"))))
+            .collect::<Result<Vec<_>>>()?;
+        if urls.is_empty() && required {
+            return Err(usage(format!(
+                "no PgBouncer to {verb}: set --pgbouncer or PGBOUNCER_URLS"
+            )));
+        }
+        if self.password_in_argv() {
+            tracing::warn!("a --pgbouncer URL carries a password, visible in `ps`: use PGBOUNCER_PASSWORD_FILE instead");
+        }
+        Ok(urls)
+    }
+
     /// Whether any URL given on the command line carries a password (visible in `ps`).
     pub fn password_in_argv(&self) -> bool {
         std::env::args().any(|arg| arg.contains("://") && url_has_password(&arg))

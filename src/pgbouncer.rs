@@ -319,27 +319,7 @@ fn parse_state(messages: &[SimpleQueryMessage]) -> Result<State> {
 
 /// The server's own message when there is one, else tokio-postgres' description.
 fn message(err: &tokio_postgres::Error) -> String {
-    match err.as_db_error() {
-        Some(db) => db.message().to_string(),
-        None => {
-            let mut text = err.to_string();
-            let mut source = std::error::Error::source(err);
-            while let Some(cause) = source {
-                let cause = cause.to_string();
-                if !text.contains(&cause) {
-                    text = format!("{text}: {cause}");
-                }
-                source = cause_source(source);
-            }
-            text
-        }
-    }
-}
-
-fn cause_source<'a>(
-    error: Option<&'a (dyn std::error::Error + 'static)>,
-) -> Option<&'a (dyn std::error::Error + 'static)> {
-    error.and_then(|e| e.source())
+    crate::postgres::describe(err)
 }
 
 fn connect_error(target: &Target, err: tokio_postgres::Error) -> anyhow::Error {
