@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use cluster::util::*;
 use cluster::workload::{self, Pgbench, PgbenchResult, Probe, ProbeResult};
+use cluster::bench::{self as cbench, RunStats};
 use cluster::{Cluster, Hooks, Opts};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -498,4 +499,123 @@ fn control_without_hooks() {
             o.summary()
         );
     }
+}
+
+fn out_dir(sub: &str) -> std::path::PathBuf {
+    let d = std::env::var("E2E_OUT").map(std::path::PathBuf::from).unwrap_or_else(|_| {
+        std::env::var("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+            .join("e2e")
+            .join(sub)
+    });
+    std::fs::create_dir_all(&d).expect("create output dir");
+    d
+}
+
+fn bench_patroni() -> u8 {
+    if wants(4) {
+        4
+    } else {
+        3
+    }
+}
+
+/// Benchmark: on one cluster, E2E_BENCH_RUNS (3) switchovers without hooks and as many
+/// with them (alternating), each under pgbench; prints a table and writes the TPS series
+/// for the chart (scripts/bench draws docs/switchover.png from them).
+#[test]
+#[ignore]
+fn bench_switchover() {
+    let _g = serial();
+    let n: usize = std::env::var("E2E_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let secs = bench_secs();
+    let out = out_dir("bench");
+    let mut c = Cluster::start(Opts::new("bench", bench_patroni(), Hooks::Timed))
+        .unwrap_or_else(|e| panic!("cluster start: {e}"));
+    let mut runs: Vec<RunStats> = vec![];
+    for i in 0..n {
+        for mode in [Hooks::Off, Hooks::Timed] {
+            log(format!("bench run {} of {}: hooks {:?}", runs.len() + 1, 2 * n, mode));
+            let r = cbench::switchover_run(&mut c, mode, secs, Duration::from_secs(8)).unwrap_or_else(|e| {
+                c.keep = true;
+                panic!("bench run failed: {e}")
+            });
+            cbench::write_series(&out, &format!("run{}-{}", i + 1, if r.hooks { "hooks" } else { "nohooks" }), &r);
+            runs.push(r);
+        }
+    }
+    let table = cbench::table(&runs);
+    let with: Vec<&RunStats> = runs.iter().filter(|r| r.hooks).collect();
+    let overhead: Vec<f64> = with.iter().filter_map(|r| r.overhead_us()).map(ms).collect();
+    let max_over = overhead.iter().cloned().fold(f64::NAN, f64::max);
+    let failed_with: u64 = with.iter().map(|r| r.errors()).sum();
+    let mut text = format!(
+        "Patroni {}, PgBouncer {}.{}, pgbench -c 4 -j 4 -T {secs}, one cluster, {} runs\n\n{table}\n",
+        bench_patroni(),
+        c.bouncers[0].version.0,
+        c.bouncers[0].version.1,
+        runs.len()
+    );
+    text.push_str(&format!(
+        "targets: 0 failed transactions with hooks: {} ({failed_with} errors); overhead < 50 ms: {} (max {max_over:.0} ms)\n",
+        if failed_with == 0 { "met" } else { "NOT met" },
+        if max_over < 50.0 { "met" } else { "NOT met" },
+    ));
+    for r in &with {
+        text.push_str(&format!("before-stop: {}\non-role-change: {}\n", r.before_stop.summary, r.on_role_change.summary));
+    }
+    println!("\n{text}");
+    write(&out.join("bench.md"), &text);
+    log(format!("bench output in {}", out.display()));
+}
+
+/// The newcomer's demo: one loopback cluster, one switchover under pgbench without the
+/// hooks, one with them, and a short plain result.
+#[test]
+#[ignore]
+fn demo_switchover() {
+    let _g = serial();
+    let secs: u64 = std::env::var("E2E_DEMO_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let out = out_dir("demo");
+    let mut c = Cluster::start(Opts::new("demo", bench_patroni(), Hooks::On))
+        .unwrap_or_else(|e| panic!("cluster start: {e}"));
+    let off = cbench::switchover_run(&mut c, Hooks::Off, secs, Duration::from_secs(6))
+        .unwrap_or_else(|e| panic!("switchover without hooks: {e}"));
+    let on = cbench::switchover_run(&mut c, Hooks::On, secs, Duration::from_secs(6))
+        .unwrap_or_else(|e| panic!("switchover with hooks: {e}"));
+    let col = |r: &RunStats| {
+        (
+            format!(
+                "{} failed, {} of 4 pgbench clients aborted, {} probe errors",
+                r.failed(),
+                r.pgbench.aborted_clients,
+                r.probe.errors.len()
+            ),
+            format!("{:.2} s", r.stall_us as f64 / 1e6),
+            if r.paused_at_end { "PAUSED".to_string() } else { "running (not paused)".to_string() },
+        )
+    };
+    let (a, b) = (col(&off), col(&on));
+    let text = format!(
+        "\n=== switchover under pgbench -c 4 through PgBouncer (Patroni {}, PgBouncer {}.{}) ===\n\
+         {:<22} {:<56} {}\n{:<22} {:<56} {}\n{:<22} {:<56} {}\n{:<22} {:<56} {}\n",
+        bench_patroni(),
+        c.bouncers[0].version.0,
+        c.bouncers[0].version.1,
+        "",
+        "without hooks",
+        "with hooks",
+        "transactions",
+        a.0,
+        b.0,
+        "longest stall",
+        a.1,
+        b.1,
+        "PgBouncer at the end",
+        a.2,
+        b.2,
+    );
+    println!("{text}");
+    write(&out.join("demo.txt"), &text);
 }

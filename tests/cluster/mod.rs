@@ -8,6 +8,7 @@
 //! counts every error it sees.
 #![allow(dead_code)]
 
+pub mod bench;
 pub mod util;
 pub mod workload;
 
@@ -527,7 +528,9 @@ postgresql:
             let _ = write!(
                 y,
                 "  before_stop: {bs}\n  callbacks:\n    on_role_change: {orc}\n    on_start: {orc}\n    on_restart: {orc}\n",
-                bs = self.hook_cmd(m, "before-stop"),
+                // Patroni pops PATRONI_NAME (like every PATRONI_* it reads) from its own
+                // environment, so the hook cannot see it: name the member on the command line.
+                bs = format!("{} --member {}", self.hook_cmd(m, "before-stop"), m.name),
                 orc = self.hook_cmd(m, "on-role-change"),
             );
         }

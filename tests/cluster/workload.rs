@@ -127,9 +127,12 @@ impl Pgbench {
                 .push(format!("pgbench did not finish within {limit:?} (killed)"));
         }
         for l in stderr.lines() {
-            // "client 3 aborted in command 4 (SQL) of script 0; ..."
+            // "client 2 aborted in command 6 ..." / "client 0 script 0 aborted in command 8 ..."
             let w: Vec<&str> = l.split_whitespace().collect();
-            if w.windows(3).any(|x| x[0] == "client" && x[1].parse::<u32>().is_ok() && x[2] == "aborted") {
+            let client_at = w.iter().position(|x| *x == "client");
+            if client_at.is_some_and(|i| w.get(i + 1).is_some_and(|n| n.parse::<u32>().is_ok()))
+                && w.contains(&"aborted")
+            {
                 r.aborted_clients += 1;
             }
             if !l.starts_with("progress:") && !l.trim().is_empty() && !l.starts_with("pgbench (") {
