@@ -174,7 +174,10 @@ fn manifest_env_vars_exist_in_help() {
 fn flags_in_manifests_and_runbook_exist_in_help() {
     let mut sources = manifests();
     let readme = repo().join("README.md");
-    sources.push((readme.clone(), fs::read_to_string(&readme).expect("README.md holds the runbook")));
+    sources.push((
+        readme.clone(),
+        fs::read_to_string(&readme).expect("README.md holds the runbook"),
+    ));
     let mut checked = 0;
     let mut missing = Vec::new();
     for (binary, exe) in [
