@@ -4,7 +4,7 @@
 //! The library holds everything; `bin/` only parses flags and calls in. Decisions
 //! ([`decision`]) and parsing ([`patronictl`]) are pure functions over data so they can be
 //! tested with tables and property tests; I/O lives in [`pgbouncer`], [`postgres`] and
-//! [`patronictl::run`].
+//! [`patronictl::Patronictl`], [`patroni_api`], [`route`] and [`safety`].
 
 pub mod config;
 pub mod decision;

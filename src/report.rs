@@ -1,6 +1,4 @@
-//! What a run prints: the `--dry-run` JSON object on stdout and the closing summary line.
-
-use std::time::Duration;
+//! What `--dry-run` prints: one JSON object on stdout, for CI pipelines that check a cluster view.
 
 use serde::Serialize;
 
@@ -24,8 +22,4 @@ impl DryRun<'_> {
             serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
         );
     }
-}
-
-pub fn millis(d: Duration) -> u128 {
-    d.as_millis()
 }
