@@ -26,7 +26,9 @@ use hooks::{detach, exit, logging, patroni_api, patronictl, pause, report, safet
 #[derive(Parser, Debug)]
 #[command(name = "before-stop", version)]
 struct Cli {
-    /// This member's Patroni name [default: /etc/hostname, else the host name]
+    /// This member's Patroni name [default: /etc/hostname, else the host name]. Patroni strips
+    /// PATRONI_* variables from its hooks' environment, so under Patroni the host name (in
+    /// Kubernetes the pod name) or this flag is what counts.
     #[arg(long, value_name = "NAME", env = "PATRONI_NAME")]
     member: Option<String>,
 
