@@ -14,9 +14,9 @@ mod cluster;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use cluster::bench::{self as cbench, RunStats};
 use cluster::util::*;
 use cluster::workload::{self, Pgbench, PgbenchResult, Probe, ProbeResult};
-use cluster::bench::{self as cbench, RunStats};
 use cluster::{Cluster, Hooks, Opts};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -61,7 +61,6 @@ struct Outcome {
     events: Vec<Vec<(i64, String)>>,
     paused_at_end: Vec<bool>,
     long_txn: Option<Result<(), String>>,
-    t0: i64,
 }
 
 impl Outcome {
@@ -85,7 +84,7 @@ impl Outcome {
 
     fn summary(&self) -> String {
         format!(
-            "RESULT {} patroni{}: failed_txns={} aborted_clients={} probe_errors={} processed={} longest_stall_ms={:.0}{} pauses={} resumes={} paused_at_end={:?}{}",
+            "RESULT {} patroni{}: failed_txns={} aborted_clients={} probe_errors={} processed={} longest_stall_ms={:.0} (at {}){} pauses={} resumes={} paused_at_end={:?}{}",
             self.label,
             self.patroni,
             self.failed_txns(),
@@ -93,6 +92,7 @@ impl Outcome {
             self.probe_errors(),
             self.pgbench.iter().map(|r| r.processed).sum::<u64>(),
             ms(self.stall_us),
+            fmt_hms(self.stall_at),
             match self.window {
                 Some(_) => format!(" window_stall_ms={:.0}", ms(self.window_stall_us)),
                 None => String::new(),
@@ -187,7 +187,6 @@ fn scenario(
 ) -> (Outcome, KeepOnFail) {
     let mut c = Cluster::start(opts.clone()).unwrap_or_else(|e| panic!("cluster start: {e}"));
     let secs = bench_secs();
-    let t0 = now_us();
     let benches: Vec<Pgbench> = c
         .bouncers
         .iter()
@@ -251,7 +250,6 @@ fn scenario(
         events,
         paused_at_end,
         long_txn: long_res,
-        t0,
     };
     o.record();
     if std::env::var("E2E_KEEP").is_ok_and(|v| v == "1") {
@@ -502,13 +500,17 @@ fn control_without_hooks() {
 }
 
 fn out_dir(sub: &str) -> std::path::PathBuf {
-    let d = std::env::var("E2E_OUT").map(std::path::PathBuf::from).unwrap_or_else(|_| {
-        std::env::var("CARGO_TARGET_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
-            .join("e2e")
-            .join(sub)
-    });
+    let d = std::env::var("E2E_OUT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::env::var("CARGO_TARGET_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|_| {
+                    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target")
+                })
+                .join("e2e")
+                .join(sub)
+        });
     std::fs::create_dir_all(&d).expect("create output dir");
     d
 }
@@ -528,7 +530,10 @@ fn bench_patroni() -> u8 {
 #[ignore]
 fn bench_switchover() {
     let _g = serial();
-    let n: usize = std::env::var("E2E_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let n: usize = std::env::var("E2E_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let secs = bench_secs();
     let out = out_dir("bench");
     let mut c = Cluster::start(Opts::new("bench", bench_patroni(), Hooks::Timed))
@@ -536,18 +541,32 @@ fn bench_switchover() {
     let mut runs: Vec<RunStats> = vec![];
     for i in 0..n {
         for mode in [Hooks::Off, Hooks::Timed] {
-            log(format!("bench run {} of {}: hooks {:?}", runs.len() + 1, 2 * n, mode));
-            let r = cbench::switchover_run(&mut c, mode, secs, Duration::from_secs(8)).unwrap_or_else(|e| {
-                c.keep = true;
-                panic!("bench run failed: {e}")
-            });
-            cbench::write_series(&out, &format!("run{}-{}", i + 1, if r.hooks { "hooks" } else { "nohooks" }), &r);
+            log(format!(
+                "bench run {} of {}: hooks {:?}",
+                runs.len() + 1,
+                2 * n,
+                mode
+            ));
+            let r = cbench::switchover_run(&mut c, mode, secs, Duration::from_secs(8))
+                .unwrap_or_else(|e| {
+                    c.keep = true;
+                    panic!("bench run failed: {e}")
+                });
+            cbench::write_series(
+                &out,
+                &format!("run{}-{}", i + 1, if r.hooks { "hooks" } else { "nohooks" }),
+                &r,
+            );
             runs.push(r);
         }
     }
     let table = cbench::table(&runs);
     let with: Vec<&RunStats> = runs.iter().filter(|r| r.hooks).collect();
-    let overhead: Vec<f64> = with.iter().filter_map(|r| r.overhead_us()).map(ms).collect();
+    let overhead: Vec<f64> = with
+        .iter()
+        .filter_map(|r| r.overhead_us())
+        .map(ms)
+        .collect();
     let max_over = overhead.iter().cloned().fold(f64::NAN, f64::max);
     let failed_with: u64 = with.iter().map(|r| r.errors()).sum();
     let mut text = format!(
@@ -562,8 +581,20 @@ fn bench_switchover() {
         if failed_with == 0 { "met" } else { "NOT met" },
         if max_over < 50.0 { "met" } else { "NOT met" },
     ));
+    match cbench::before_stop_alone(&c) {
+        Ok(h) => text.push_str(&format!(
+            "before-stop alone (--dry-run from TSV files, no patronictl): peak RSS {} KiB, wall {} ms, CPU {} ms\n",
+            h.rss_kib.map(|x| x.to_string()).unwrap_or("-".into()),
+            h.wall_ms.map(|x| format!("{x:.0}")).unwrap_or("-".into()),
+            h.cpu_ms.map(|x| format!("{x:.0}")).unwrap_or("-".into()),
+        )),
+        Err(e) => text.push_str(&format!("before-stop alone: {e}\n")),
+    }
     for r in &with {
-        text.push_str(&format!("before-stop: {}\non-role-change: {}\n", r.before_stop.summary, r.on_role_change.summary));
+        text.push_str(&format!(
+            "before-stop: {}\non-role-change: {}\n",
+            r.before_stop.summary, r.on_role_change.summary
+        ));
     }
     println!("\n{text}");
     write(&out.join("bench.md"), &text);
@@ -576,7 +607,10 @@ fn bench_switchover() {
 #[ignore]
 fn demo_switchover() {
     let _g = serial();
-    let secs: u64 = std::env::var("E2E_DEMO_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let secs: u64 = std::env::var("E2E_DEMO_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let out = out_dir("demo");
     let mut c = Cluster::start(Opts::new("demo", bench_patroni(), Hooks::On))
         .unwrap_or_else(|e| panic!("cluster start: {e}"));
@@ -593,7 +627,11 @@ fn demo_switchover() {
                 r.probe.errors.len()
             ),
             format!("{:.2} s", r.stall_us as f64 / 1e6),
-            if r.paused_at_end { "PAUSED".to_string() } else { "running (not paused)".to_string() },
+            if r.paused_at_end {
+                "PAUSED".to_string()
+            } else {
+                "running (not paused)".to_string()
+            },
         )
     };
     let (a, b) = (col(&off), col(&on));

@@ -62,13 +62,18 @@ fn tail_from(path: &Path, offset: usize) -> String {
 }
 
 fn len_of(path: &Path) -> usize {
-    std::fs::metadata(path).map(|m| m.len() as usize).unwrap_or(0)
+    std::fs::metadata(path)
+        .map(|m| m.len() as usize)
+        .unwrap_or(0)
 }
 
 /// `key=123` or `key=123.4` in a log line.
 fn kv_num(line: &str, key: &str) -> Option<f64> {
     let i = line.find(&format!("{key}="))? + key.len() + 1;
-    let v: String = line[i..].chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let v: String = line[i..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
     v.parse().ok()
 }
 
@@ -81,7 +86,9 @@ fn time_entries(text: &str) -> Vec<(String, HookRun)> {
             out.push((cmd.trim_matches('"').to_string(), HookRun::default()));
             continue;
         }
-        let Some((_, h)) = out.last_mut() else { continue };
+        let Some((_, h)) = out.last_mut() else {
+            continue;
+        };
         if let Some(v) = l.strip_prefix("Maximum resident set size (kbytes): ") {
             h.rss_kib = v.trim().parse().ok();
         } else if let Some(v) = l.strip_prefix("Elapsed (wall clock) time (h:mm:ss or m:ss): ") {
@@ -90,9 +97,11 @@ fn time_entries(text: &str) -> Vec<(String, HookRun)> {
             let secs = parts.iter().fold(0.0, |acc, x| acc * 60.0 + x);
             h.wall_ms = Some(secs * 1000.0);
         } else if let Some(v) = l.strip_prefix("User time (seconds): ") {
-            h.cpu_ms = Some(h.cpu_ms.unwrap_or(0.0) + v.trim().parse::<f64>().unwrap_or(0.0) * 1000.0);
+            h.cpu_ms =
+                Some(h.cpu_ms.unwrap_or(0.0) + v.trim().parse::<f64>().unwrap_or(0.0) * 1000.0);
         } else if let Some(v) = l.strip_prefix("System time (seconds): ") {
-            h.cpu_ms = Some(h.cpu_ms.unwrap_or(0.0) + v.trim().parse::<f64>().unwrap_or(0.0) * 1000.0);
+            h.cpu_ms =
+                Some(h.cpu_ms.unwrap_or(0.0) + v.trim().parse::<f64>().unwrap_or(0.0) * 1000.0);
         }
     }
     out
@@ -104,9 +113,19 @@ pub fn switchover_run(c: &mut Cluster, hooks: Hooks, secs: u64, warmup: Duration
         c.set_hooks(hooks)?;
     }
     let from = c.wait_healthy(Duration::from_secs(90))?;
-    let to = c.members.iter().find(|m| m.name != from).unwrap().name.clone();
+    let to = c
+        .members
+        .iter()
+        .find(|m| m.name != from)
+        .unwrap()
+        .name
+        .clone();
     let (fi, ti) = (c.idx(&from), c.idx(&to));
-    let tag = format!("{}-{}", if hooks == Hooks::Off { "off" } else { "on" }, now_us() / 1000 % 1_000_000);
+    let tag = format!(
+        "{}-{}",
+        if hooks == Hooks::Off { "off" } else { "on" },
+        now_us() / 1000 % 1_000_000
+    );
     let port = c.bouncers[0].port;
     let bench = Pgbench::start(&c.dir, &tag, port, 4, secs)?;
     let probe = Probe::start(port, Duration::from_secs(secs + 30));
@@ -141,11 +160,23 @@ pub fn switchover_run(c: &mut Cluster, hooks: Hooks, secs: u64, warmup: Duration
     (st.stall_us, st.stall_at) = pgbench.stall();
     st.pgbench = pgbench;
     st.probe = probe;
-    st.shutdown_at = c.pg_log_events(&from, "received fast shutdown request").into_iter().find(|&t| t >= t_action);
-    st.promote_at = c.pg_log_events(&to, "received promote request").into_iter().find(|&t| t >= t_action);
+    st.shutdown_at = c
+        .pg_log_events(&from, "received fast shutdown request")
+        .into_iter()
+        .find(|&t| t >= t_action);
+    st.promote_at = c
+        .pg_log_events(&to, "received promote request")
+        .into_iter()
+        .find(|&t| t >= t_action);
     let ev = c.bouncers[0].admin_events();
-    st.pause_at = ev.iter().find(|(t, e)| e == "PAUSE" && *t >= t_action && *t <= end).map(|x| x.0);
-    st.resume_at = ev.iter().find(|(t, e)| e == "RESUME" && *t >= t_action && *t <= end).map(|x| x.0);
+    st.pause_at = ev
+        .iter()
+        .find(|(t, e)| e == "PAUSE" && *t >= t_action && *t <= end)
+        .map(|x| x.0);
+    st.resume_at = ev
+        .iter()
+        .find(|(t, e)| e == "RESUME" && *t >= t_action && *t <= end)
+        .map(|x| x.0);
     if st.hooks {
         let fm = &c.members[fi];
         let tm = &c.members[ti];
@@ -155,7 +186,10 @@ pub fn switchover_run(c: &mut Cluster, hooks: Hooks, secs: u64, warmup: Duration
             st.before_stop.total_ms = kv_num(l, "total_ms");
             st.before_stop.summary = l.to_string();
         }
-        if let Some(l) = log_to.lines().find(|l| l.contains("on-role-change done") && l.contains("resume")) {
+        if let Some(l) = log_to
+            .lines()
+            .find(|l| l.contains("on-role-change done") && l.contains("resume"))
+        {
             st.on_role_change.total_ms = kv_num(l, "total_ms");
             st.on_role_change.summary = l.to_string();
         }
@@ -163,12 +197,26 @@ pub fn switchover_run(c: &mut Cluster, hooks: Hooks, secs: u64, warmup: Duration
             let bs = time_entries(&tail_from(&fm.dir.join("time-before-stop.log"), offs[fi].1));
             if let Some((_, h)) = bs.first() {
                 let (t, s) = (st.before_stop.total_ms, st.before_stop.summary.clone());
-                st.before_stop = HookRun { total_ms: t, summary: s, ..h.clone() };
+                st.before_stop = HookRun {
+                    total_ms: t,
+                    summary: s,
+                    ..h.clone()
+                };
             }
-            let orc = time_entries(&tail_from(&tm.dir.join("time-on-role-change.log"), offs[ti].2));
+            let orc = time_entries(&tail_from(
+                &tm.dir.join("time-on-role-change.log"),
+                offs[ti].2,
+            ));
             if let Some((_, h)) = orc.iter().find(|(cmd, _)| cmd.contains("on_role_change")) {
-                let (t, s) = (st.on_role_change.total_ms, st.on_role_change.summary.clone());
-                st.on_role_change = HookRun { total_ms: t, summary: s, ..h.clone() };
+                let (t, s) = (
+                    st.on_role_change.total_ms,
+                    st.on_role_change.summary.clone(),
+                );
+                st.on_role_change = HookRun {
+                    total_ms: t,
+                    summary: s,
+                    ..h.clone()
+                };
             }
         }
     }
@@ -181,25 +229,19 @@ fn f(v: Option<f64>) -> String {
 }
 
 fn fus(v: Option<i64>) -> String {
-    v.map(|x| format!("{:.0}", ms(x))).unwrap_or_else(|| "-".into())
+    v.map(|x| format!("{:.0}", ms(x)))
+        .unwrap_or_else(|| "-".into())
 }
 
 /// Markdown table of runs.
 pub fn table(runs: &[RunStats]) -> String {
     let mut s = String::from(
-        "| run | hooks | failed txns | aborted clients | probe errors | longest stall ms | floor ms | overhead ms | PAUSE→RESUME ms | before-stop ms | on-role-change ms | before-stop RSS KiB | on-role-change RSS KiB | hooks CPU ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| run | hooks | failed txns | aborted clients | probe errors | longest stall ms | floor ms | overhead ms | PAUSE→shutdown ms | promote→RESUME ms | before-stop ms | on-role-change ms | before-stop RSS KiB¹ | on-role-change RSS KiB | before-stop CPU ms¹ | on-role-change CPU ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (i, r) in runs.iter().enumerate() {
-        let pr = match (r.pause_at, r.resume_at) {
-            (Some(p), Some(q)) => Some(q - p),
-            _ => None,
-        };
-        let cpu = match (r.before_stop.cpu_ms, r.on_role_change.cpu_ms) {
-            (Some(a), Some(b)) => Some(a + b),
-            _ => None,
-        };
+        let d = |a: Option<i64>, b: Option<i64>| Some(b? - a?);
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             i + 1,
             if r.hooks { "on" } else { "off" },
             r.failed(),
@@ -208,15 +250,69 @@ pub fn table(runs: &[RunStats]) -> String {
             ms(r.stall_us),
             fus(r.floor_us()),
             fus(r.overhead_us()),
-            fus(pr),
+            fus(d(r.pause_at, r.shutdown_at)),
+            fus(d(r.promote_at, r.resume_at)),
             f(r.before_stop.total_ms),
             f(r.on_role_change.total_ms),
-            r.before_stop.rss_kib.map(|x| x.to_string()).unwrap_or("-".into()),
-            r.on_role_change.rss_kib.map(|x| x.to_string()).unwrap_or("-".into()),
-            f(cpu),
+            r.before_stop
+                .rss_kib
+                .map(|x| x.to_string())
+                .unwrap_or("-".into()),
+            r.on_role_change
+                .rss_kib
+                .map(|x| x.to_string())
+                .unwrap_or("-".into()),
+            f(r.before_stop.cpu_ms),
+            f(r.on_role_change.cpu_ms),
         ));
     }
+    s.push_str(
+        "\n¹ /usr/bin/time -v counts the largest waited-for child too: before-stop's figures include the two `patronictl` (Python) runs it makes; see the dry run below for before-stop alone.\n",
+    );
     s
+}
+
+/// before-stop alone: `--dry-run` from `patronictl list/history -f tsv` files under
+/// /usr/bin/time -v, so neither patronictl nor Python is counted. Returns (RSS KiB, wall ms, CPU ms).
+pub fn before_stop_alone(c: &Cluster) -> Res<HookRun> {
+    let leader = c.wait_healthy(Duration::from_secs(60))?;
+    let m = c.member(&leader);
+    let ctl = c.tools.venv.join("bin/patronictl");
+    let list = m.dir.join("list.tsv");
+    let hist = m.dir.join("history.tsv");
+    for (sub, path) in [("list", &list), ("history", &hist)] {
+        let out = run_ok(
+            std::process::Command::new(&ctl)
+                .arg("-c")
+                .arg(&m.cfg)
+                .args([sub, "-f", "tsv"]),
+            Duration::from_secs(30),
+        )?;
+        write(path, &out);
+    }
+    let timef = m.dir.join("time-alone.log");
+    let _ = std::fs::remove_file(&timef);
+    let urls: Vec<String> = c.bouncers.iter().map(|b| b.admin_url()).collect();
+    let (_, out, err) = run(
+        std::process::Command::new("/usr/bin/time")
+            .arg("-v")
+            .arg("-o")
+            .arg(&timef)
+            .arg(c.tools.hooks_dir.join("before-stop"))
+            .args(["--member", &leader, "--dry-run", "--list-tsv"])
+            .arg(&list)
+            .arg("--history-tsv")
+            .arg(&hist)
+            .env("PGBOUNCER_URLS", urls.join(","))
+            .env("PGBOUNCER_PASSWORD", super::ADMIN_PASSWORD),
+        Duration::from_secs(30),
+    )?;
+    let mut h = time_entries(&read(&timef))
+        .pop()
+        .map(|x| x.1)
+        .unwrap_or_default();
+    h.summary = format!("{} {}", out.trim(), err.lines().last().unwrap_or(""));
+    Ok(h)
 }
 
 /// TPS per 100 ms around the switchover (t = 0 at the switchover command), for the chart.
@@ -227,7 +323,10 @@ pub fn write_series(dir: &Path, name: &str, r: &RunStats) {
         csv.push_str(&format!("{rel:.3},{tps:.1}\n"));
     }
     write(&dir.join(format!("{name}.csv")), &csv);
-    let rel = |t: Option<i64>| t.map(|t| format!("{:.3}", (t - r.t_action) as f64 / 1e6)).unwrap_or_default();
+    let rel = |t: Option<i64>| {
+        t.map(|t| format!("{:.3}", (t - r.t_action) as f64 / 1e6))
+            .unwrap_or_default()
+    };
     let ev = format!(
         "event,t_s\nPAUSE,{}\nRESUME,{}\nshutdown,{}\npromote,{}\n",
         rel(r.pause_at),
