@@ -601,6 +601,8 @@ fn bench_switchover() {
     log(format!("bench output in {}", out.display()));
 }
 
+type DemoCell = Box<dyn Fn(&RunStats) -> String>;
+
 /// The newcomer's demo: one loopback cluster, one switchover under pgbench without the
 /// hooks, one with them, and a short plain result.
 #[test]
@@ -618,42 +620,46 @@ fn demo_switchover() {
         .unwrap_or_else(|e| panic!("switchover without hooks: {e}"));
     let on = cbench::switchover_run(&mut c, Hooks::On, secs, Duration::from_secs(6))
         .unwrap_or_else(|e| panic!("switchover with hooks: {e}"));
-    let col = |r: &RunStats| {
+    let rows: Vec<(&str, DemoCell)> = vec![
         (
-            format!(
-                "{} failed, {} of 4 pgbench clients aborted, {} probe errors",
-                r.failed(),
-                r.pgbench.aborted_clients,
-                r.probe.errors.len()
-            ),
-            format!("{:.2} s", r.stall_us as f64 / 1e6),
-            if r.paused_at_end {
-                "PAUSED".to_string()
-            } else {
-                "running (not paused)".to_string()
-            },
-        )
-    };
-    let (a, b) = (col(&off), col(&on));
-    let text = format!(
-        "\n=== switchover under pgbench -c 4 through PgBouncer (Patroni {}, PgBouncer {}.{}) ===\n\
-         {:<22} {:<56} {}\n{:<22} {:<56} {}\n{:<22} {:<56} {}\n{:<22} {:<56} {}\n",
+            "failed transactions",
+            Box::new(|r: &RunStats| r.failed().to_string()),
+        ),
+        (
+            "aborted pgbench clients",
+            Box::new(|r: &RunStats| format!("{} of 4", r.pgbench.aborted_clients)),
+        ),
+        (
+            "reconnecting client errors",
+            Box::new(|r: &RunStats| r.probe.errors.len().to_string()),
+        ),
+        (
+            "longest stall",
+            Box::new(|r: &RunStats| format!("{:.2} s", r.stall_us as f64 / 1e6)),
+        ),
+        (
+            "PgBouncer at the end",
+            Box::new(|r: &RunStats| {
+                if r.paused_at_end {
+                    "PAUSED".into()
+                } else {
+                    "not paused".into()
+                }
+            }),
+        ),
+    ];
+    let mut text = format!(
+        "\n=== one switchover under pgbench -c 4 through PgBouncer (Patroni {}, PgBouncer {}.{}) ===\n{:<28}{:<16}{}\n",
         bench_patroni(),
         c.bouncers[0].version.0,
         c.bouncers[0].version.1,
         "",
         "without hooks",
-        "with hooks",
-        "transactions",
-        a.0,
-        b.0,
-        "longest stall",
-        a.1,
-        b.1,
-        "PgBouncer at the end",
-        a.2,
-        b.2,
+        "with hooks"
     );
+    for (name, f) in &rows {
+        text.push_str(&format!("{:<28}{:<16}{}\n", name, f(&off), f(&on)));
+    }
     println!("{text}");
     write(&out.join("demo.txt"), &text);
 }

@@ -328,11 +328,13 @@ pub fn write_series(dir: &Path, name: &str, r: &RunStats) {
             .unwrap_or_default()
     };
     let ev = format!(
-        "event,t_s\nPAUSE,{}\nRESUME,{}\nshutdown,{}\npromote,{}\n",
+        "event,t_s\nPAUSE,{}\nRESUME,{}\nshutdown,{}\npromote,{}\naborted_clients,{}\nerrors,{}\n",
         rel(r.pause_at),
         rel(r.resume_at),
         rel(r.shutdown_at),
-        rel(r.promote_at)
+        rel(r.promote_at),
+        r.pgbench.aborted_clients,
+        r.errors(),
     );
     write(&dir.join(format!("{name}-events.csv")), &ev);
 }

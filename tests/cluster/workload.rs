@@ -310,7 +310,7 @@ impl Probe {
                             st2.lock()
                                 .unwrap()
                                 .errors
-                                .push((now_us(), format!("query: {e}")));
+                                .push((now_us(), format!("query: {}", err_text(&e))));
                             client = None;
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
