@@ -61,6 +61,8 @@ struct Outcome {
     events: Vec<Vec<(i64, String)>>,
     paused_at_end: Vec<bool>,
     long_txn: Option<Result<(), String>>,
+    /// when the action (and its wait for a healthy cluster) ended
+    action_done: i64,
 }
 
 impl Outcome {
@@ -125,6 +127,14 @@ impl Outcome {
     fn assert_clean(&self) {
         let s = self.summary();
         for r in &self.pgbench {
+            // the action and its recovery must lie inside the measured run, else a
+            // bound on stalls or errors would pass vacuously
+            assert!(
+                self.action_done + 2_000_000 < r.end_us,
+                "the action ended {:.1} s after pgbench {} did: {s}",
+                (self.action_done - r.end_us) as f64 / 1e6,
+                r.tag
+            );
             assert!(
                 r.processed > 200,
                 "pgbench {} barely ran: {s}\n{:?}",
@@ -182,7 +192,7 @@ impl Outcome {
 fn scenario(
     opts: Opts,
     warmup: Duration,
-    long_txn: Option<Duration>,
+    long_txn: bool,
     action: impl FnOnce(&mut Cluster) -> Res<Option<(i64, i64)>>,
 ) -> (Outcome, KeepOnFail) {
     let mut c = Cluster::start(opts.clone()).unwrap_or_else(|e| panic!("cluster start: {e}"));
@@ -201,7 +211,16 @@ fn scenario(
         .iter()
         .map(|b| Probe::start(b.port, Duration::from_secs(secs + 30)))
         .collect();
-    let long = long_txn.map(|hold| workload::long_transaction(c.bouncers[0].port, hold));
+    // scenario 6: a transaction held open until the action is over (then COMMIT fails
+    // if, and only if, the old primary killed it)
+    let release = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let long = long_txn.then(|| {
+        workload::long_transaction(
+            c.bouncers[0].port,
+            release.clone(),
+            Duration::from_secs(secs + 30),
+        )
+    });
     std::thread::sleep(warmup);
     let window = match action(&mut c) {
         Ok(w) => w,
@@ -210,6 +229,8 @@ fn scenario(
             panic!("scenario action failed: {e}\n(logs in {})", c.dir.display());
         }
     };
+    let action_done = now_us();
+    release.store(true, std::sync::atomic::Ordering::Relaxed);
     let results: Vec<PgbenchResult> = benches
         .into_iter()
         .map(|b| b.finish().unwrap_or_else(|e| panic!("{e}")))
@@ -250,6 +271,7 @@ fn scenario(
         events,
         paused_at_end,
         long_txn: long_res,
+        action_done,
     };
     o.record();
     if std::env::var("E2E_KEEP").is_ok_and(|v| v == "1") {
@@ -286,7 +308,7 @@ fn s1_switchover(p: u8) {
     let (o, _c) = scenario(
         Opts::new("s1-switchover", p, Hooks::On),
         Duration::from_secs(8),
-        None,
+        false,
         |c| {
             leader_is(c, "m1")?;
             c.switchover("m1", "m2")?;
@@ -301,7 +323,7 @@ fn s2_restart_primary(p: u8) {
     let (o, _c) = scenario(
         Opts::new("s2-restart-primary", p, Hooks::On),
         Duration::from_secs(8),
-        None,
+        false,
         |c| {
             leader_is(c, "m1")?;
             c.restart("m1")?;
@@ -316,7 +338,7 @@ fn s3_restart_replica(p: u8) {
     let (o, _c) = scenario(
         Opts::new("s3-restart-replica", p, Hooks::On),
         Duration::from_secs(8),
-        None,
+        false,
         |c| {
             leader_is(c, "m1")?;
             let a = now_us();
@@ -343,7 +365,7 @@ fn s4_restart_former_leader(p: u8) {
     let (o, _c) = scenario(
         Opts::new("s4-restart-former-leader", p, Hooks::On),
         Duration::from_secs(4),
-        None,
+        false,
         |c| {
             leader_is(c, "m1")?;
             c.switchover("m1", "m2")?;
@@ -376,7 +398,7 @@ fn s5_sigterm_primary(p: u8) {
     let (o, _c) = scenario(
         Opts::new("s5-sigterm-primary", p, Hooks::On),
         Duration::from_secs(8),
-        None,
+        false,
         |c| {
             leader_is(c, "m1")?;
             c.sigterm_member("m1")?;
@@ -396,9 +418,8 @@ fn s6_long_transaction(p: u8) {
         "HOOKS_PAUSE_TIMEOUT".into(),
         format!("{S6_PAUSE_TIMEOUT_S}s"),
     ));
-    // the long transaction opens right away and outlives pause timeout + switchover
-    let hold = Duration::from_secs(8 + S6_PAUSE_TIMEOUT_S + 10);
-    let (o, _c) = scenario(opts, Duration::from_secs(8), Some(hold), |c| {
+    // the long transaction opens before the switchover and COMMITs only after it is over
+    let (o, _c) = scenario(opts, Duration::from_secs(8), true, |c| {
         leader_is(c, "m1")?;
         c.switchover("m1", "m2")?;
         leader_is(c, "m2")?;
@@ -415,7 +436,7 @@ fn s6_long_transaction(p: u8) {
 fn s7_two_pgbouncers(p: u8) {
     let mut opts = Opts::new("s7-two-pgbouncers", p, Hooks::On);
     opts.pgbouncers = 2;
-    let (o, _c) = scenario(opts, Duration::from_secs(8), None, |c| {
+    let (o, _c) = scenario(opts, Duration::from_secs(8), false, |c| {
         leader_is(c, "m1")?;
         c.switchover("m1", "m2")?;
         leader_is(c, "m2")?;
@@ -458,7 +479,7 @@ fn control_without_hooks() {
     let (s1, c1) = scenario(
         Opts::new("control-s1-switchover", p, Hooks::Off),
         Duration::from_secs(8),
-        None,
+        false,
         |c| {
             c.switchover("m1", "m2")?;
             leader_is(c, "m2")?;
@@ -469,7 +490,7 @@ fn control_without_hooks() {
     let (s2, c2) = scenario(
         Opts::new("control-s2-restart-primary", p, Hooks::Off),
         Duration::from_secs(8),
-        None,
+        false,
         |c| {
             c.restart("m1")?;
             leader_is(c, "m1")?;
@@ -480,7 +501,7 @@ fn control_without_hooks() {
     let (s5, c5) = scenario(
         Opts::new("control-s5-sigterm-primary", p, Hooks::Off),
         Duration::from_secs(8),
-        None,
+        false,
         |c| {
             c.sigterm_member("m1")?;
             leader_is(c, "m2")?;

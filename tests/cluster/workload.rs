@@ -350,17 +350,29 @@ impl Probe {
     }
 }
 
-/// Opens a transaction through PgBouncer, holds it for `hold`, then COMMITs.
-/// Returns the thread: Ok(()) if the COMMIT succeeded, Err(message) otherwise.
-pub fn long_transaction(port: u16, hold: Duration) -> std::thread::JoinHandle<Result<(), String>> {
+/// Opens a transaction through PgBouncer and holds it until `release` is set (polled
+/// every 50 ms, at most `max_hold`), then COMMITs. The thread returns Ok(()) if the COMMIT
+/// succeeded, Err(message) otherwise.
+pub fn long_transaction(
+    port: u16,
+    release: Arc<AtomicBool>,
+    max_hold: Duration,
+) -> std::thread::JoinHandle<Result<(), String>> {
     std::thread::spawn(move || {
         rt().block_on(async move {
             let c = connect(&app_conninfo(port)).await?;
             c.simple_query("BEGIN; INSERT INTO e2e_probe (client) VALUES ('long')")
                 .await
                 .map_err(|e| format!("begin: {}", err_text(&e)))?;
-            log(format!("long transaction open, holding {hold:?}"));
-            tokio::time::sleep(hold).await;
+            log("long transaction open");
+            let start = Instant::now();
+            while !release.load(Ordering::Relaxed) && start.elapsed() < max_hold {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            log(format!(
+                "long transaction: COMMIT after {:?}",
+                start.elapsed()
+            ));
             let r = tokio::time::timeout(Duration::from_secs(30), c.simple_query("COMMIT")).await;
             match r {
                 Ok(Ok(_)) => Ok(()),
