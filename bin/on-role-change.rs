@@ -40,8 +40,10 @@ struct Cli {
     )]
     postgres: Option<String>,
 
-    /// How often to ask whether promotion has finished.
-    #[arg(long, value_name = "DURATION", env = "HOOKS_POLL_INTERVAL", default_value = "50ms", value_parser = config::parse_duration)]
+    /// How often to ask whether promotion has finished (one query on one kept connection:
+    /// cheap, and every interval is time the queued clients may wait for nothing). --upstream
+    /// is polled at most every 25 ms, since each poll is a new login.
+    #[arg(long, value_name = "DURATION", env = "HOOKS_POLL_INTERVAL", default_value = "10ms", value_parser = config::parse_duration)]
     poll_interval: Duration,
 
     /// Give up waiting for promotion after this long: exit 1 and do not RESUME.
@@ -60,7 +62,8 @@ struct Cli {
     )]
     upstream: Vec<String>,
 
-    /// How long to wait for --upstream to reach this member; after that RESUME anyway, loudly.
+    /// How long to wait for --upstream to reach this member, counted from the start alongside
+    /// the wait for promotion; after that RESUME anyway, loudly.
     #[arg(long, value_name = "DURATION", env = "HOOKS_ROUTE_TIMEOUT", default_value = "30s", value_parser = config::parse_duration)]
     route_timeout: Duration,
 
@@ -168,28 +171,49 @@ async fn run_async(cli: &Cli) -> Result<u8> {
         return wait_for_worker(cli).await;
     }
 
+    // Promotion and route are awaited side by side: each costs only what it adds.
     let wait_started = Instant::now();
-    if let ResumePlan::AfterPromotion(_) = plan {
-        tracing::info!(postgres = %local.shown, "waiting for the local Postgres to leave recovery");
-        if let Err(err) =
-            postgres::wait_until_primary(&local, cli.poll_interval, cli.promote_timeout).await
-        {
-            tracing::error!(
-                wait_ms = wait_started.elapsed().as_millis(),
-                total_ms = started.elapsed().as_millis(),
-                outcome = "not resumed",
-                "on-role-change done: {err:#}; PgBouncer NOT resumed (run `on-role-change` by hand once this member is primary)"
-            );
-            return Ok(exit::FAILURE);
+    let promotion = async {
+        if let ResumePlan::AfterPromotion(_) = plan {
+            tracing::info!(postgres = %local.shown, "waiting for the local Postgres to leave recovery");
+            postgres::wait_until_primary(&local, cli.poll_interval, cli.promote_timeout).await?;
+        }
+        Ok::<_, anyhow::Error>(wait_started.elapsed().as_millis())
+    };
+    let writable = matches!(plan, ResumePlan::AfterPromotion(_));
+    let route = async {
+        if !upstreams.is_empty() {
+            route::wait_for_route(
+                &local,
+                writable,
+                &upstreams,
+                cli.poll_interval,
+                cli.route_timeout,
+            )
+            .await;
+        }
+        wait_started.elapsed().as_millis()
+    };
+    tokio::pin!(promotion, route);
+    let (mut wait_ms, mut route_ms) = (None, None);
+    while wait_ms.is_none() || route_ms.is_none() {
+        tokio::select! {
+            waited = &mut promotion, if wait_ms.is_none() => match waited {
+                Ok(ms) => wait_ms = Some(ms),
+                Err(err) => {
+                    tracing::error!(
+                        wait_ms = wait_started.elapsed().as_millis(),
+                        total_ms = started.elapsed().as_millis(),
+                        outcome = "not resumed",
+                        "on-role-change done: {err:#}; PgBouncer NOT resumed (run `on-role-change` by hand once this member is primary)"
+                    );
+                    return Ok(exit::FAILURE);
+                }
+            },
+            routed = &mut route, if route_ms.is_none() => route_ms = Some(routed),
         }
     }
-    let wait_ms = wait_started.elapsed().as_millis();
-
-    let route_started = Instant::now();
-    if !upstreams.is_empty() {
-        route::wait_for_route(&local, &upstreams, cli.poll_interval, cli.route_timeout).await;
-    }
-    let route_ms = route_started.elapsed().as_millis();
+    let (wait_ms, route_ms) = (wait_ms.unwrap_or(0), route_ms.unwrap_or(0));
 
     let password = cli.pgbouncer.password()?;
     let resume_started = Instant::now();

@@ -68,11 +68,17 @@ fn mismatch(local: &Identity, upstream: &Identity) -> &'static str {
     }
 }
 
+/// Fresh connections cost the upstream a login each: poll it no more often than this.
+const MIN_ROUTE_POLL: Duration = Duration::from_millis(25);
+
 /// Polls every upstream with a fresh connection each time (a pooled one would stick to the
-/// old route) until each reaches this member, or `timeout` passes. Never fails: a stale
-/// route is logged loudly and RESUME goes ahead, since a pause that never ends is worse.
+/// old route) until each reaches this member in the state it is heading for (`writable`: a
+/// promoted primary; else a standby leader), or `timeout` passes. It runs alongside the wait
+/// for promotion, so a route that is already right costs nothing after it. Never fails: a
+/// stale route is logged loudly and RESUME goes ahead, since a pause that never ends is worse.
 pub async fn wait_for_route(
     local: &Local,
+    writable: bool,
     upstreams: &[Local],
     poll: Duration,
     timeout: Duration,
@@ -84,13 +90,16 @@ pub async fn wait_for_route(
         Err(err) => Err(err),
     };
     let me = match me {
-        Ok(me) => me,
+        Ok(me) => Identity {
+            in_recovery: !writable,
+            ..me
+        },
         Err(err) => {
             tracing::warn!("cannot tell the local Postgres' identity ({err:#}); RESUME without verifying the route");
             return false;
         }
     };
-    let poll = poll.max(Duration::from_millis(1));
+    let poll = poll.max(MIN_ROUTE_POLL);
     let max_polls = timeout.as_millis() / poll.as_millis() + 2;
     let mut pending: Vec<&Local> = upstreams.iter().collect();
     let mut last = String::from("not polled");
