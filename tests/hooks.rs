@@ -76,6 +76,22 @@ fn on_role_change(pg: &Postgres, pgbouncers: &[&PgBouncer], extra: &[&str]) -> C
     hook("on-role-change", &args, PgBouncer::ADMIN_PASSWORD)
 }
 
+/// A client transaction through PgBouncer that stays open `seconds`, once it is running.
+fn hold_transaction(pg: &Postgres, pgb: &PgBouncer, seconds: u32) -> common::BgClient {
+    let sleep = format!("pg_sleep({seconds})");
+    let client = common::spawn_psql(&pgb.app_url(), &format!("BEGIN; SELECT {sleep}; COMMIT;"));
+    let running = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{sleep}%' AND state = 'active' AND pid <> pg_backend_pid()"
+    );
+    common::wait_until(
+        "the long transaction to run",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || (pg.psql(&running) == "1").then_some(()),
+    );
+    client
+}
+
 fn assert_ok(out: &Output, stderr: &str) {
     assert!(
         out.status.success(),
@@ -155,15 +171,7 @@ fn pause_waits_for_an_open_transaction_within_the_bound() {
         let pg = Postgres::start_primary();
         let pgb = PgBouncer::start(build, "127.0.0.1", pg.port);
         // A transaction that stays open for 4 s: PAUSE must wait for it, but only 1 s.
-        let mut long = common::spawn_psql(&pgb.app_url(), "BEGIN; SELECT pg_sleep(4); COMMIT;");
-        common::wait_until(
-            "the long transaction to be active",
-            Duration::from_secs(10),
-            Duration::from_millis(20),
-            || {
-                (pg.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(4)%' AND state = 'active' AND pid <> pg_backend_pid()") == "1").then_some(())
-            },
-        );
+        let mut long = hold_transaction(&pg, &pgb, 4);
         let started = Instant::now();
         let (out, stderr) = before_stop(
             &leader_view(&pgb.dir, "m1"),
@@ -514,15 +522,7 @@ fn resume_while_a_pause_is_still_draining_leaves_nothing_stuck() {
     for build in PgBouncerBuild::all() {
         let pg = Postgres::start_primary();
         let pgb = PgBouncer::start(build, "127.0.0.1", pg.port);
-        let mut long = common::spawn_psql(&pgb.app_url(), "BEGIN; SELECT pg_sleep(3); COMMIT;");
-        common::wait_until(
-            "the long transaction",
-            Duration::from_secs(10),
-            Duration::from_millis(20),
-            || {
-                (pg.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(3)%' AND state = 'active' AND pid <> pg_backend_pid()") == "1").then_some(())
-            },
-        );
+        let mut long = hold_transaction(&pg, &pgb, 3);
         // before-stop gives up on the drain after 0.5 s and leaves PgBouncer pausing ...
         let (out, stderr) = before_stop(
             &leader_view(&pgb.dir, "m1"),
