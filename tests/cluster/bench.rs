@@ -3,18 +3,22 @@
 //! failures, longest stall, the floor Patroni imposes (old primary's shutdown request to
 //! the new primary's `received promote request`, from Postgres' logs), the hooks' own
 //! wall time (their `... done ... total_ms=` summary lines) and peak RSS (/usr/bin/time -v).
+//! Also the yardstick of before-stop's target: `patronictl list` then `patronictl history`,
+//! one after the other, on the same cluster.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::util::*;
 use super::workload::{Pgbench, PgbenchResult, Probe, ProbeResult};
-use super::{Cluster, Hooks};
+use super::{Cluster, Hooks, ViewSource, REST_FALLBACK};
 
 #[derive(Debug, Clone, Default)]
 pub struct HookRun {
     /// the hook's own summary line: total_ms=
     pub total_ms: Option<f64>,
+    /// before-stop's summary line: read_view_ms= (reading the cluster view)
+    pub read_view_ms: Option<f64>,
     /// /usr/bin/time -v: elapsed wall (10 ms resolution), max RSS, CPU
     pub wall_ms: Option<f64>,
     pub rss_kib: Option<u64>,
@@ -25,6 +29,10 @@ pub struct HookRun {
 #[derive(Debug, Clone, Default)]
 pub struct RunStats {
     pub hooks: bool,
+    /// before-stop's configured source of the cluster view (with the hooks on)
+    pub view: Option<ViewSource>,
+    /// before-stop logged that the REST API failed and used patronictl
+    pub rest_fallback: bool,
     pub from: String,
     pub to: String,
     pub t_action: i64,
@@ -151,6 +159,7 @@ pub fn switchover_run(c: &mut Cluster, hooks: Hooks, secs: u64, warmup: Duration
     let probe = probe.finish();
     let mut st = RunStats {
         hooks: hooks != Hooks::Off,
+        view: (hooks != Hooks::Off).then_some(c.view),
         from: from.clone(),
         to: to.clone(),
         t_action,
@@ -184,8 +193,10 @@ pub fn switchover_run(c: &mut Cluster, hooks: Hooks, secs: u64, warmup: Duration
         let log_to = tail_from(&tm.patroni_log(), offs[ti].0);
         if let Some(l) = log_from.lines().find(|l| l.contains("before-stop done")) {
             st.before_stop.total_ms = kv_num(l, "total_ms");
+            st.before_stop.read_view_ms = kv_num(l, "read_view_ms");
             st.before_stop.summary = l.to_string();
         }
+        st.rest_fallback = log_from.contains(REST_FALLBACK);
         if let Some(l) = log_to
             .lines()
             .find(|l| l.contains("on-role-change done") && l.contains("resume"))
@@ -196,10 +207,11 @@ pub fn switchover_run(c: &mut Cluster, hooks: Hooks, secs: u64, warmup: Duration
         if hooks == Hooks::Timed {
             let bs = time_entries(&tail_from(&fm.dir.join("time-before-stop.log"), offs[fi].1));
             if let Some((_, h)) = bs.first() {
-                let (t, s) = (st.before_stop.total_ms, st.before_stop.summary.clone());
+                let b = &st.before_stop;
                 st.before_stop = HookRun {
-                    total_ms: t,
-                    summary: s,
+                    total_ms: b.total_ms,
+                    read_view_ms: b.read_view_ms,
+                    summary: b.summary.clone(),
                     ..h.clone()
                 };
             }
@@ -236,14 +248,14 @@ fn fus(v: Option<i64>) -> String {
 /// Markdown table of runs.
 pub fn table(runs: &[RunStats]) -> String {
     let mut s = String::from(
-        "| run | hooks | failed txns | aborted clients | probe errors | longest stall ms | floor ms | overhead ms | PAUSE→shutdown ms | promote→RESUME ms | before-stop ms | on-role-change ms | before-stop RSS KiB¹ | on-role-change RSS KiB | before-stop CPU ms¹ | on-role-change CPU ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| run | hooks (before-stop's view) | failed txns | aborted clients | probe errors | longest stall ms | floor ms | overhead ms | PAUSE→shutdown ms | promote→RESUME ms | before-stop ms | before-stop read view ms | on-role-change ms | before-stop RSS KiB¹ | on-role-change RSS KiB | before-stop CPU ms¹ | on-role-change CPU ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (i, r) in runs.iter().enumerate() {
         let d = |a: Option<i64>, b: Option<i64>| Some(b? - a?);
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             i + 1,
-            if r.hooks { "on" } else { "off" },
+            view_label(r),
             r.failed(),
             r.pgbench.aborted_clients,
             r.probe.errors.len(),
@@ -253,6 +265,7 @@ pub fn table(runs: &[RunStats]) -> String {
             fus(d(r.pause_at, r.shutdown_at)),
             fus(d(r.promote_at, r.resume_at)),
             f(r.before_stop.total_ms),
+            f(r.before_stop.read_view_ms),
             f(r.on_role_change.total_ms),
             r.before_stop
                 .rss_kib
@@ -267,9 +280,68 @@ pub fn table(runs: &[RunStats]) -> String {
         ));
     }
     s.push_str(
-        "\n¹ /usr/bin/time -v counts the largest waited-for child too: before-stop's figures include the two `patronictl` (Python) runs it makes; see the dry run below for before-stop alone.\n",
+        "\n¹ /usr/bin/time -v counts the largest waited-for child too: with the REST API as the source before-stop starts no child; with patronictl (or after a fallback) its figures include the two `patronictl` (Python) runs it makes.\n",
     );
     s
+}
+
+/// `off`, `on (REST)`, `on (patronictl)`; `on (REST → patronictl)` if before-stop fell back.
+pub fn view_label(r: &RunStats) -> &'static str {
+    match (r.hooks, r.view, r.rest_fallback) {
+        (false, _, _) => "off",
+        (true, Some(ViewSource::Rest), false) => "on (REST)",
+        (true, Some(ViewSource::Rest), true) => "on (REST → patronictl)",
+        (true, _, _) => "on (patronictl)",
+    }
+}
+
+/// The yardstick of before-stop's target ("at most half the time of running `patronictl
+/// list` and `patronictl history` one after the other"): `patronictl list -f tsv`, then
+/// `patronictl history -f tsv`, as user postgres with the environment Patroni gives the
+/// hooks on the current leader (its patroni.yml as PATRONICTL_CONFIG_FILE), `samples`
+/// times. Returns each sample's wall time of the pair, in ms.
+pub fn patronictl_sequential(c: &Cluster, samples: usize) -> Res<Vec<f64>> {
+    let leader = c.wait_healthy(Duration::from_secs(60))?;
+    let i = c.idx(&leader);
+    let ctl = c.tools.venv.join("bin/patronictl").display().to_string();
+    // what the hook inherits: Patroni's environment, less the PATRONI_* it pops
+    let env: Vec<(String, String)> = c
+        .patroni_env(i)
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("PATRONI_"))
+        .collect();
+    let mut out = vec![];
+    for _ in 0..samples {
+        let t = Instant::now();
+        for sub in ["list", "history"] {
+            let text = run_ok(
+                as_postgres(&ctl)
+                    .env("TZ", "UTC")
+                    .envs(env.iter().cloned())
+                    .args([sub, "-f", "tsv"]),
+                Duration::from_secs(30),
+            )?;
+            if sub == "list" && !text.contains(&leader) {
+                return Err(format!("patronictl list does not show {leader}: {text}"));
+            }
+        }
+        out.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(out)
+}
+
+/// `patronictl_sequential` while pgbench -c 4 -j 4 and the probe run through PgBouncer,
+/// as during a switchover (before-stop runs under that load).
+pub fn patronictl_sequential_loaded(c: &Cluster, samples: usize) -> Res<Vec<f64>> {
+    let port = c.bouncers[0].port;
+    let tag = format!("ctl-{}", now_us() / 1000 % 1_000_000);
+    let bench = Pgbench::start(&c.dir, &tag, port, 4, 15)?;
+    let probe = Probe::start(port, Duration::from_secs(45));
+    std::thread::sleep(Duration::from_secs(4));
+    let r = patronictl_sequential(c, samples);
+    let _ = bench.finish();
+    let _ = probe.finish();
+    r
 }
 
 /// before-stop alone: `--dry-run` from `patronictl list/history -f tsv` files under

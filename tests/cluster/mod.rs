@@ -26,6 +26,8 @@ pub const ADMIN_PASSWORD: &str = "admin-secret";
 pub const SUPER_PASSWORD: &str = "super-secret";
 pub const REPL_PASSWORD: &str = "repl-secret";
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// What before-stop logs when the REST API fails and it falls back to patronictl.
+pub const REST_FALLBACK: &str = "Patroni REST API failed, using patronictl instead";
 
 /// How the hooks are wired into Patroni.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +40,18 @@ pub enum Hooks {
     Timed,
 }
 
+/// Where `before-stop` reads the cluster view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ViewSource {
+    /// The member's own Patroni REST API (`HOOKS_PATRONI_URL`, `GET /cluster` and
+    /// `/history`), patronictl only as the fallback: the default, as a user would set it.
+    Rest,
+    /// `HOOKS_PATRONI_URL` removed from the hook's environment (`env -u`), so before-stop
+    /// runs `patronictl list` and `patronictl history` (concurrently): the benchmark's
+    /// comparison.
+    Patronictl,
+}
+
 #[derive(Clone, Debug)]
 pub struct Opts {
     pub label: String,
@@ -48,6 +62,9 @@ pub struct Opts {
     pub pgbouncers: usize,
     /// Extra env for Patroni (and so for the hooks), e.g. HOOKS_PAUSE_TIMEOUT.
     pub hook_env: Vec<(String, String)>,
+    /// Give before-stop its member's REST API (`HOOKS_PATRONI_URL`). Default on; scenario 5
+    /// turns it off (see `s5_sigterm_primary` in tests/e2e.rs).
+    pub patroni_url: bool,
 }
 
 impl Opts {
@@ -58,6 +75,7 @@ impl Opts {
             hooks,
             pgbouncers: 1,
             hook_env: vec![],
+            patroni_url: true,
         }
     }
 }
@@ -346,6 +364,8 @@ pub struct Cluster {
     pub members: Vec<Member>,
     pub bouncers: Vec<Bouncer>,
     pub hooks: Hooks,
+    /// before-stop's source of the cluster view (changed with `set_view`).
+    pub view: ViewSource,
     /// Keep the temp dir (logs) after the test: set on failure or by E2E_KEEP=1.
     pub keep: bool,
     stopped: bool,
@@ -385,6 +405,7 @@ impl Cluster {
         let scope = format!("e2e{}", ports[0]);
         let mut c = Cluster {
             hooks: opts.hooks,
+            view: ViewSource::Rest,
             opts,
             tools,
             dir: dir.clone(),
@@ -516,6 +537,28 @@ impl Cluster {
         }
     }
 
+    /// before_stop as configured. For `ViewSource::Patronictl`, `env -u HOOKS_PATRONI_URL`
+    /// comes between /usr/bin/time and the hook: Patroni splits the command (shlex) and runs
+    /// it without a shell, and `env` execs the hook, so `time` still measures the hook.
+    pub fn before_stop_cmd(&self, m: &Member) -> String {
+        let bin = self.tools.hooks_dir.join("before-stop");
+        let mut cmd = String::new();
+        if self.hooks == Hooks::Timed {
+            let _ = write!(
+                cmd,
+                "/usr/bin/time -v -a -o {} ",
+                m.dir.join("time-before-stop.log").display()
+            );
+        }
+        if self.view == ViewSource::Patronictl {
+            cmd.push_str("/usr/bin/env -u HOOKS_PATRONI_URL ");
+        }
+        // Patroni pops PATRONI_NAME (like every PATRONI_* it reads) from its own
+        // environment, so the hook cannot see it: name the member on the command line.
+        let _ = write!(cmd, "{} --member {}", bin.display(), m.name);
+        cmd
+    }
+
     fn write_patroni_cfg(&self, i: usize) {
         let m = &self.members[i];
         let mut y = String::new();
@@ -593,9 +636,7 @@ postgresql:
             repl = REPL_PASSWORD,
         );
         if self.hooks != Hooks::Off {
-            // Patroni pops PATRONI_NAME (like every PATRONI_* it reads) from its own
-            // environment, so the hook cannot see it: name the member on the command line.
-            let bs = format!("{} --member {}", self.hook_cmd(m, "before-stop"), m.name);
+            let bs = self.before_stop_cmd(m);
             let orc = self.hook_cmd(m, "on-role-change");
             let _ = write!(
                 y,
@@ -607,8 +648,12 @@ postgresql:
     }
 
     /// Patroni's environment: what a user puts in the pod spec. Secrets travel here,
-    /// never on a command line.
-    fn patroni_env(&self, i: usize) -> Vec<(String, String)> {
+    /// never on a command line. `HOOKS_PATRONI_URL` is this member's own REST API: during
+    /// before_stop the member being stopped still holds the leader key, and its Patroni
+    /// answers `GET /cluster` / `/history`. Not after SIGTERM: Patroni has then shut its REST
+    /// API down (the socket still accepts, nothing answers), before-stop waits out its
+    /// timeout and falls back to patronictl.
+    pub fn patroni_env(&self, i: usize) -> Vec<(String, String)> {
         let m = &self.members[i];
         let urls: Vec<String> = self.bouncers.iter().map(|b| b.admin_url()).collect();
         let mut env = vec![
@@ -637,6 +682,12 @@ postgresql:
                 ),
             ),
         ];
+        if self.opts.patroni_url {
+            env.push((
+                "HOOKS_PATRONI_URL".into(),
+                format!("http://127.0.0.1:{}", m.rest_port),
+            ));
+        }
         env.extend(self.opts.hook_env.iter().cloned());
         env
     }
@@ -924,6 +975,34 @@ ignore_startup_parameters = extra_float_digits
     /// Re-point the hooks (e.g. off/on for the benchmark) and make Patroni reload.
     pub fn set_hooks(&mut self, hooks: Hooks) -> Res<()> {
         self.hooks = hooks;
+        self.reload_cfg()
+    }
+
+    /// Switch before-stop's source of the cluster view (benchmark) and make Patroni reload.
+    pub fn set_view(&mut self, view: ViewSource) -> Res<()> {
+        if self.view == view {
+            return Ok(());
+        }
+        self.view = view;
+        self.reload_cfg()
+    }
+
+    /// Lines where before-stop gave up on the REST API and used patronictl, in every
+    /// member's Patroni log (the hooks' stderr goes there).
+    pub fn rest_fallbacks(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .flat_map(|m| {
+                read(&m.patroni_log())
+                    .lines()
+                    .filter(|l| l.contains(REST_FALLBACK))
+                    .map(|l| format!("{}: {l}", m.name))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn reload_cfg(&mut self) -> Res<()> {
         for i in 0..self.members.len() {
             if self.members[i].proc.is_none() {
                 continue;
