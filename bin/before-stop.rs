@@ -57,7 +57,8 @@ struct Cli {
     patronictl_timeout: Duration,
 
     /// The local Patroni REST API, e.g. http://127.0.0.1:8008: a faster source of the same
-    /// facts (GET /cluster and /history). On any failure patronictl is used instead.
+    /// facts (GET /cluster and /history). If it fails or does not answer within 300 ms (as
+    /// during a SIGTERM shutdown), patronictl is used instead.
     #[arg(long, value_name = "URL", env = "HOOKS_PATRONI_URL")]
     patroni_url: Option<String>,
 
@@ -238,6 +239,11 @@ fn member_name(given: Option<&str>) -> Result<String> {
     ))
 }
 
+/// The REST API answers in milliseconds or not at all: on SIGTERM Patroni shuts it down
+/// before stopping Postgres, and its socket then accepts but never answers. Waiting longer
+/// than this would only delay the PAUSE (a pod deletion would pay the whole wait).
+const REST_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// The member list and, when it could be read, the history. The REST API is tried first when
 /// `--patroni-url` is set (milliseconds instead of two Python start-ups); files and
 /// patronictl otherwise, both read at once. History may fail without harm when the list
@@ -245,7 +251,7 @@ fn member_name(given: Option<&str>) -> Result<String> {
 async fn read_view(cli: &Cli) -> Result<(Vec<Member>, Result<Vec<Switch>>)> {
     if let Some(url) = &cli.patroni_url {
         let api = patroni_api::Api::parse(url).map_err(|e| config::usage(format!("{e:#}")))?;
-        match api.view(cli.patronictl_timeout).await {
+        match api.view(cli.patronictl_timeout.min(REST_TIMEOUT)).await {
             Ok((list, history)) => return Ok((list, Ok(history))),
             Err(err) => {
                 tracing::warn!("Patroni REST API failed, using patronictl instead: {err:#}")

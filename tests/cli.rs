@@ -518,3 +518,30 @@ fn json_logs_are_one_object_per_line() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_patroni_api_that_accepts_but_never_answers_costs_at_most_300_ms() {
+    // What Patroni's REST API does after SIGTERM: the socket accepts, nothing answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let s = Scratch::new("api-silent");
+    let list = s.file("l.tsv", LEADER_M1);
+    let mut cmd = hook("before-stop");
+    cmd.args(["--dry-run", "--member", "m1"])
+        .args(["--patroni-url", &format!("http://127.0.0.1:{port}")])
+        .arg("--list-tsv")
+        .arg(&list)
+        .arg("--history-tsv")
+        .arg(&list);
+    let started = Instant::now();
+    let (code, stdout, stderr) = run(cmd, None);
+    let took = started.elapsed();
+    drop(silent);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("did not answer within 300ms"), "{stderr}");
+    assert!(stdout.contains("\"action\":\"pause\""), "{stdout}");
+    assert!(
+        took < Duration::from_secs(3),
+        "waited {took:?} for a silent REST API"
+    );
+}
