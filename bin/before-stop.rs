@@ -57,8 +57,8 @@ struct Cli {
     patronictl_timeout: Duration,
 
     /// The local Patroni REST API, e.g. http://127.0.0.1:8008: a faster source of the same
-    /// facts (GET /cluster and /history). If it fails or does not answer within 300 ms (as
-    /// during a SIGTERM shutdown), patronictl is used instead.
+    /// facts (GET /cluster and /history). If it fails, patronictl is used; if it is silent for
+    /// 50 ms (as during a SIGTERM shutdown), patronictl races it.
     #[arg(long, value_name = "URL", env = "HOOKS_PATRONI_URL")]
     patroni_url: Option<String>,
 
@@ -240,24 +240,52 @@ fn member_name(given: Option<&str>) -> Result<String> {
 }
 
 /// The REST API answers in milliseconds or not at all: on SIGTERM Patroni shuts it down
-/// before stopping Postgres, and its socket then accepts but never answers. Waiting longer
-/// than this would only delay the PAUSE (a pod deletion would pay the whole wait).
-const REST_TIMEOUT: Duration = Duration::from_millis(300);
+/// before stopping Postgres, and its socket then accepts but never answers. So patronictl
+/// starts alongside once the API has had this long, and whichever answers first is used: a
+/// pod deletion pays this head start, not a timeout.
+const REST_HEAD_START: Duration = Duration::from_millis(50);
 
-/// The member list and, when it could be read, the history. The REST API is tried first when
-/// `--patroni-url` is set (milliseconds instead of two Python start-ups); files and
-/// patronictl otherwise, both read at once. History may fail without harm when the list
-/// decides alone.
-async fn read_view(cli: &Cli) -> Result<(Vec<Member>, Result<Vec<Switch>>)> {
-    if let Some(url) = &cli.patroni_url {
-        let api = patroni_api::Api::parse(url).map_err(|e| config::usage(format!("{e:#}")))?;
-        match api.view(cli.patronictl_timeout.min(REST_TIMEOUT)).await {
-            Ok((list, history)) => return Ok((list, Ok(history))),
+type View = (Vec<Member>, Result<Vec<Switch>>);
+
+/// The member list and, when it could be read, the history: from the REST API when
+/// `--patroni-url` is set (milliseconds instead of two Python start-ups), racing patronictl
+/// if it is slow; else from files or patronictl. History may fail without harm when the
+/// list decides alone.
+async fn read_view(cli: &Cli) -> Result<View> {
+    let Some(url) = &cli.patroni_url else {
+        return read_view_from_patronictl(cli).await;
+    };
+    let api = patroni_api::Api::parse(url).map_err(|e| config::usage(format!("{e:#}")))?;
+    let rest = api.view(cli.patronictl_timeout);
+    tokio::pin!(rest);
+    tokio::select! {
+        answer = &mut rest => return match answer {
+            Ok((list, history)) => Ok((list, Ok(history))),
             Err(err) => {
-                tracing::warn!("Patroni REST API failed, using patronictl instead: {err:#}")
+                tracing::warn!("Patroni REST API failed, using patronictl instead: {err:#}");
+                read_view_from_patronictl(cli).await
             }
+        },
+        _ = tokio::time::sleep(REST_HEAD_START) => {}
+    }
+    let ctl = read_view_from_patronictl(cli);
+    tokio::pin!(ctl);
+    tokio::select! {
+        answer = &mut rest => match answer {
+            Ok((list, history)) => Ok((list, Ok(history))),
+            Err(err) => {
+                tracing::warn!("Patroni REST API failed, using patronictl instead: {err:#}");
+                ctl.await
+            }
+        },
+        view = &mut ctl => {
+            tracing::warn!("Patroni REST API did not answer within {REST_HEAD_START:?}; used patronictl instead");
+            view
         }
     }
+}
+
+async fn read_view_from_patronictl(cli: &Cli) -> Result<View> {
     let ctl = patronictl::Patronictl {
         program: cli.patronictl.clone(),
         args: cli.patronictl_args.clone(),

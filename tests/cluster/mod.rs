@@ -27,7 +27,8 @@ pub const SUPER_PASSWORD: &str = "super-secret";
 pub const REPL_PASSWORD: &str = "repl-secret";
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// What before-stop logs when the REST API fails and it falls back to patronictl.
-pub const REST_FALLBACK: &str = "Patroni REST API failed, using patronictl instead";
+/// Both of before-stop's fallback lines (REST failed / REST silent, patronictl won the race).
+pub const REST_FALLBACK: &str = "patronictl instead";
 
 /// How the hooks are wired into Patroni.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,8 +63,8 @@ pub struct Opts {
     pub pgbouncers: usize,
     /// Extra env for Patroni (and so for the hooks), e.g. HOOKS_PAUSE_TIMEOUT.
     pub hook_env: Vec<(String, String)>,
-    /// Give before-stop its member's REST API (`HOOKS_PATRONI_URL`). Default on; scenario 5
-    /// turns it off (see `s5_sigterm_primary` in tests/e2e.rs).
+    /// Give before-stop its member's REST API (`HOOKS_PATRONI_URL`). Default on; off measures
+    /// before-stop on patronictl alone (the benchmark's comparison run).
     pub patroni_url: bool,
 }
 
