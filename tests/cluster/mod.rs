@@ -63,8 +63,8 @@ pub struct Opts {
     pub pgbouncers: usize,
     /// Extra env for Patroni (and so for the hooks), e.g. HOOKS_PAUSE_TIMEOUT.
     pub hook_env: Vec<(String, String)>,
-    /// Give before-stop its member's REST API (`HOOKS_PATRONI_URL`). Default on; off measures
-    /// before-stop on patronictl alone (the benchmark's comparison run).
+    /// Give before-stop its member's REST API (`HOOKS_PATRONI_URL`). Default on; off for
+    /// scenario 5 (see `s5_sigterm_primary` in tests/e2e.rs) and the benchmark's patronictl run.
     pub patroni_url: bool,
 }
 
