@@ -197,7 +197,7 @@ async fn run_async(cli: &Cli) -> Result<u8> {
     if pausing > 0 && !cli.max_pause.is_zero() {
         let deadline = safety::deadline_after(cli.max_pause);
         let extra = ["--safety-net-until".into(), deadline.to_string().into()];
-        if let Err(err) = detach::spawn(&extra, false) {
+        if let Err(err) = detach::spawn(&extra) {
             tracing::warn!("could not start the pause safety net: {err:#}");
         }
     }
@@ -256,15 +256,18 @@ async fn read_view(cli: &Cli) -> Result<View> {
         return read_view_from_patronictl(cli).await;
     };
     let api = patroni_api::Api::parse(url).map_err(|e| config::usage(format!("{e:#}")))?;
-    let rest = api.view(cli.patronictl_timeout);
+    let rest = async {
+        let view = api.view(cli.patronictl_timeout).await;
+        if let Err(err) = &view {
+            tracing::warn!("Patroni REST API failed, using patronictl instead: {err:#}");
+        }
+        view.map(|(list, history)| (list, Ok(history)))
+    };
     tokio::pin!(rest);
     tokio::select! {
         answer = &mut rest => return match answer {
-            Ok((list, history)) => Ok((list, Ok(history))),
-            Err(err) => {
-                tracing::warn!("Patroni REST API failed, using patronictl instead: {err:#}");
-                read_view_from_patronictl(cli).await
-            }
+            Ok(view) => Ok(view),
+            Err(_) => read_view_from_patronictl(cli).await,
         },
         _ = tokio::time::sleep(REST_HEAD_START) => {}
     }
@@ -272,11 +275,8 @@ async fn read_view(cli: &Cli) -> Result<View> {
     tokio::pin!(ctl);
     tokio::select! {
         answer = &mut rest => match answer {
-            Ok((list, history)) => Ok((list, Ok(history))),
-            Err(err) => {
-                tracing::warn!("Patroni REST API failed, using patronictl instead: {err:#}");
-                ctl.await
-            }
+            Ok(view) => Ok(view),
+            Err(_) => ctl.await,
         },
         view = &mut ctl => {
             tracing::warn!("Patroni REST API did not answer within {REST_HEAD_START:?}; used patronictl instead");

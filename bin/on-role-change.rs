@@ -249,8 +249,7 @@ async fn run_async(cli: &Cli) -> Result<u8> {
 /// Hands the wait and the RESUME to a detached worker and waits for its verdict; if this
 /// process is killed meanwhile, the worker carries on.
 async fn wait_for_worker(cli: &Cli) -> Result<u8> {
-    let worker = detach::spawn(&["--detached-worker".into()], true)?
-        .ok_or_else(|| anyhow::anyhow!("the detached worker has no result pipe"))?;
+    let worker = detach::spawn_awaitable(&["--detached-worker".into()])?;
     tracing::info!(
         "waiting and resuming in a detached worker (it survives Patroni killing this callback)"
     );

@@ -42,20 +42,28 @@ pub struct Worker {
     output: std::process::ChildStdout,
 }
 
-/// Starts this binary again, detached, with `extra` arguments appended. Its stdout is a
-/// pipe back to us, for [`Worker::wait`]; its stderr is ours, so its log lands where ours does.
-pub fn spawn(extra: &[OsString], pipe_result: bool) -> Result<Option<Worker>> {
+/// Starts this binary again, detached, with `extra` arguments appended, and forgets it. Its
+/// stderr is ours, so its log lands where ours does.
+pub fn spawn(extra: &[OsString]) -> Result<()> {
+    launch(extra, Stdio::null()).map(drop)
+}
+
+/// Like [`spawn`], with the worker's stdout a pipe back to us, for [`Worker::wait`].
+pub fn spawn_awaitable(extra: &[OsString]) -> Result<Worker> {
+    let output = launch(extra, Stdio::piped())?
+        .ok_or_else(|| anyhow!("the detached worker's stdout is not a pipe"))?;
+    Ok(Worker { output })
+}
+
+/// Runs the launcher stage, which starts the worker and exits at once.
+fn launch(extra: &[OsString], stdout: Stdio) -> Result<Option<std::process::ChildStdout>> {
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let mut launcher = Command::new(exe)
         .args(std::env::args_os().skip(1))
         .args(extra)
         .env(LAUNCHER_ENV, "1")
         .stdin(Stdio::null())
-        .stdout(if pipe_result {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdout(stdout)
         .spawn()
         .context("cannot start the detached worker")?;
     let output = launcher.stdout.take();
@@ -65,7 +73,7 @@ pub fn spawn(extra: &[OsString], pipe_result: bool) -> Result<Option<Worker>> {
             "the launcher of the detached worker failed ({status})"
         ));
     }
-    Ok(output.map(|output| Worker { output }))
+    Ok(output)
 }
 
 impl Worker {

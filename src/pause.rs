@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::config::PgBouncerArgs;
-use crate::pgbouncer::{self, Admin, Answer, Target, Url};
+use crate::pgbouncer::{self, Admin, Answer, Url};
 
 #[derive(Debug, Default)]
 pub struct PauseResult {
@@ -17,8 +17,6 @@ pub struct PauseResult {
     /// PAUSE sent but still waiting for transactions when `--pause-timeout` ran out.
     pub draining: usize,
     pub failed: usize,
-    /// Targets that are paused or pausing now, for the safety net.
-    pub paused_targets: Vec<Target>,
 }
 
 enum PauseOutcome {
@@ -72,7 +70,6 @@ pub async fn pause_all(
                     "PAUSE {said}"
                 );
                 result.paused += 1;
-                result.paused_targets.push(outcome.target);
             }
             Ok(PauseOutcome::Draining) => {
                 tracing::warn!(
@@ -83,7 +80,6 @@ pub async fn pause_all(
                     "PAUSE still waiting for in-flight transactions after {pause_timeout:?}; leaving it pausing (Postgres' shutdown ends them, queued clients wait for RESUME)"
                 );
                 result.draining += 1;
-                result.paused_targets.push(outcome.target);
             }
             Err(err) => {
                 tracing::error!(
@@ -109,9 +105,10 @@ pub struct ResumeResult {
     pub failed: usize,
 }
 
-enum ResumeOutcome {
-    Verified(Answer),
-    Unverified(Answer),
+struct ResumeOutcome {
+    answer: Answer,
+    /// SHOW STATE confirmed it; false where PgBouncer has no SHOW STATE.
+    verified: bool,
 }
 
 /// Sends RESUME everywhere, then checks with SHOW STATE that no PgBouncer is still paused.
@@ -148,8 +145,10 @@ pub async fn resume_all(
                     state.suspended
                 )
             }
-            Some(_) => Ok(ResumeOutcome::Verified(answer)),
-            None => Ok(ResumeOutcome::Unverified(answer)),
+            state => Ok(ResumeOutcome {
+                answer,
+                verified: state.is_some(),
+            }),
         }
     })
     .await;
@@ -157,35 +156,26 @@ pub async fn resume_all(
         let ms = outcome.elapsed.as_millis() as u64;
         let pgbouncer = outcome.target.shown.as_str();
         match outcome.result {
-            Ok(ResumeOutcome::Verified(answer)) => {
+            Ok(ResumeOutcome { answer, verified }) => {
                 let said = if answer == Answer::Done {
                     "resumed"
                 } else {
                     "was not paused"
+                };
+                let proof = if verified {
+                    result.resumed += 1;
+                    "SHOW STATE says not paused"
+                } else {
+                    result.unverified += 1;
+                    "SHOW STATE check skipped: it needs PgBouncer >= 1.19 (the RESUME answer is the proof)"
                 };
                 tracing::info!(
                     pgbouncer,
                     command = "RESUME",
                     result = said,
                     ms,
-                    "RESUME {said}; SHOW STATE says not paused"
+                    "RESUME {said}; {proof}"
                 );
-                result.resumed += 1;
-            }
-            Ok(ResumeOutcome::Unverified(answer)) => {
-                let said = if answer == Answer::Done {
-                    "resumed"
-                } else {
-                    "was not paused"
-                };
-                tracing::info!(
-                    pgbouncer,
-                    command = "RESUME",
-                    result = said,
-                    ms,
-                    "RESUME {said}; SHOW STATE check skipped: it needs PgBouncer >= 1.19 (the RESUME answer is the proof)"
-                );
-                result.unverified += 1;
             }
             Err(err) => {
                 tracing::error!(

@@ -13,6 +13,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
 
+use crate::postgres::describe;
+
 /// One PgBouncer process to drive: a single address, never a name that resolves to several.
 #[derive(Clone)]
 pub struct Target {
@@ -47,10 +49,6 @@ impl Url {
         }
         let shown = show(&config, None);
         Ok(Url { shown, config })
-    }
-
-    pub fn has_password(&self) -> bool {
-        self.config.get_password().is_some()
     }
 
     /// Every address the URL's hosts resolve to, each its own target.
@@ -214,7 +212,7 @@ impl Admin {
         self.client
             .simple_query(sql)
             .await
-            .map_err(|err| message(&err))
+            .map_err(|err| describe(&err))
     }
 
     /// PAUSE; waits for in-flight transactions with no bound of its own.
@@ -272,15 +270,6 @@ impl Admin {
             })
             .collect())
     }
-
-    /// Aborts a pending PAUSE on this session: PgBouncer resumes on a CancelRequest.
-    pub async fn cancel(&self) -> Result<()> {
-        self.client
-            .cancel_token()
-            .cancel_query(NoTls)
-            .await
-            .map_err(|err| anyhow!("cancel request failed: {}", message(&err)))
-    }
 }
 
 fn rows(messages: &[SimpleQueryMessage]) -> Vec<Vec<String>> {
@@ -317,13 +306,8 @@ fn parse_state(messages: &[SimpleQueryMessage]) -> Result<State> {
     })
 }
 
-/// The server's own message when there is one, else tokio-postgres' description.
-fn message(err: &tokio_postgres::Error) -> String {
-    crate::postgres::describe(err)
-}
-
 fn connect_error(target: &Target, err: tokio_postgres::Error) -> anyhow::Error {
-    let text = message(&err);
+    let text = describe(&err);
     let hint = if text.contains("password authentication failed")
         || text.contains("SASL authentication failed")
         || text.contains("password missing")
@@ -442,7 +426,7 @@ mod tests {
     fn shown_urls_never_carry_the_password() {
         let url = Url::parse("postgresql://admin:s3cret@127.0.0.1:6432/pgbouncer").unwrap();
         assert!(!url.shown.contains("s3cret"), "{}", url.shown);
-        assert!(url.has_password());
+        assert_eq!(url.config.get_password(), Some(&b"s3cret"[..]));
         let err = Url::parse("postgresql://admin:s3cret@h:notaport/pgbouncer")
             .err()
             .unwrap();
