@@ -10,9 +10,8 @@ use anyhow::Result;
 use clap::Parser;
 
 use hooks::config::{self, CommonArgs, PgBouncerArgs};
-use hooks::decision::{self, Action, Decision, ListVerdict};
-use hooks::patronictl::{Member, Switch};
-use hooks::{detach, exit, logging, patroni_api, patronictl, pause, report, safety};
+use hooks::decision::Action;
+use hooks::{detach, exit, logging, patroni_api, patronictl, pause, report, safety, view};
 
 /// PAUSE the PgBouncers in front of a Patroni cluster before its leader's Postgres stops.
 ///
@@ -72,9 +71,16 @@ struct Cli {
 
     /// How long PAUSE may wait for in-flight transactions; queued clients wait at most this
     /// long before the stop goes on. PgBouncer keeps pausing after it; Postgres' shutdown ends
-    /// what is still running.
+    /// what is still running. --timeout bounds it too.
     #[arg(long, value_name = "DURATION", env = "HOOKS_PAUSE_TIMEOUT", default_value = "10s", value_parser = config::parse_duration)]
     pause_timeout: Duration,
+
+    /// Bounds the whole run, from start to exit: reading the view, resolving and reaching every
+    /// PgBouncer, the drain, arming the safety net. Patroni neither renews its leader key nor
+    /// pets the watchdog while before_stop runs, so keep it well under Patroni's `ttl` (30 s
+    /// by default) minus the time Postgres needs to shut down.
+    #[arg(long, value_name = "DURATION", env = "HOOKS_TIMEOUT", default_value = "15s", value_parser = config::parse_duration)]
+    timeout: Duration,
 
     /// Safety net: if PgBouncer is still paused this long after the PAUSE, a detached watcher
     /// RESUMEs it and logs why. 0 disables it.
@@ -107,14 +113,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// Time kept back from `--timeout` for what follows the PAUSE: arming the net, the summary,
+/// and the runtime's shutdown.
+const RESERVE: Duration = Duration::from_millis(300);
+
 fn run(cli: &Cli) -> Result<u8> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run_async(cli))
+    // The detached safety net lives by its own deadline, not by --timeout.
+    let timeout = if cli.safety_net_until.is_some() {
+        Duration::from_secs(7 * 24 * 3600)
+    } else {
+        cli.timeout
+    };
+    let result = runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + timeout;
+        match tokio::time::timeout_at(deadline, run_async(cli, deadline)).await {
+            Ok(result) => result,
+            Err(_) => Err(anyhow::anyhow!(
+                "gave up at --timeout {:?} (the stop goes on)",
+                cli.timeout
+            )),
+        }
+    });
+    // Never wait for a name lookup stuck in a blocking thread: the run is over.
+    runtime.shutdown_background();
+    result
 }
 
-async fn run_async(cli: &Cli) -> Result<u8> {
+async fn run_async(cli: &Cli, deadline: tokio::time::Instant) -> Result<u8> {
     let started = Instant::now();
     if cli.list_tsv.as_deref() == Some("-".as_ref())
         && cli.history_tsv.as_deref() == Some("-".as_ref())
@@ -123,19 +151,40 @@ async fn run_async(cli: &Cli) -> Result<u8> {
             "--list-tsv and --history-tsv cannot both read standard input",
         ));
     }
+    if cli.timeout.is_zero() {
+        return Err(config::usage("--timeout must be more than 0"));
+    }
     let urls = cli.pgbouncer.parsed_urls("pause", !cli.common.dry_run)?;
     if let Some(deadline_ms) = cli.safety_net_until {
         let password = cli.pgbouncer.password()?;
         safety::watch(&urls, password.as_deref(), &cli.pgbouncer, deadline_ms).await;
         return Ok(exit::OK);
     }
+    let sources = view::Sources {
+        api: cli
+            .patroni_url
+            .as_deref()
+            .map(patroni_api::Api::parse)
+            .transpose()
+            .map_err(|e| config::usage(format!("{e:#}")))?,
+        patronictl: patronictl::Patronictl {
+            program: cli.patronictl.clone(),
+            args: cli.patronictl_args.clone(),
+            timeout: cli.patronictl_timeout,
+        },
+        list_file: cli.list_tsv.clone(),
+        history_file: cli.history_tsv.clone(),
+    };
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
     let member = member_name(cli.member.as_deref())?;
 
     if cli.common.check {
         let password = cli.pgbouncer.password()?;
-        let ok = pause::preflight(&urls, password.as_deref(), &cli.pgbouncer).await;
-        let role = read_view(cli).await.map(|(list, _)| {
-            list.into_iter()
+        // The route is on-role-change's business: its --check says what is missing there.
+        let ok = pause::preflight(&urls, password.as_deref(), &cli.pgbouncer, true).await;
+        let role = view::read(&sources, left()).await.map(|view| {
+            view.list
+                .into_iter()
                 .find(|m| m.name == member)
                 .map(|m| format!("{:?}", m.role))
         });
@@ -162,9 +211,11 @@ async fn run_async(cli: &Cli) -> Result<u8> {
     }
 
     let view_started = Instant::now();
-    let decision = decide(cli, &member).await?;
+    let view = view::read(&sources, left().saturating_sub(RESERVE)).await?;
+    let source = view.source.as_str();
+    let decision = view::decide(&member, view)?;
     let read_view_ms = view_started.elapsed().as_millis();
-    tracing::info!(member = %member, decision = ?decision.action, reason = %decision.reason, read_view_ms, "decided");
+    tracing::info!(member = %member, decision = ?decision.action, reason = %decision.reason, source, read_view_ms, "decided");
 
     if cli.common.dry_run {
         report::DryRun {
@@ -190,10 +241,11 @@ async fn run_async(cli: &Cli) -> Result<u8> {
         password.as_deref(),
         &cli.pgbouncer,
         cli.pause_timeout,
+        deadline.checked_sub(RESERVE).unwrap_or(deadline),
     )
     .await;
     let pause_ms = pause_started.elapsed().as_millis();
-    let pausing = result.paused + result.draining;
+    let pausing = result.maybe_pausing();
     if pausing > 0 && !cli.max_pause.is_zero() {
         let deadline = safety::deadline_after(cli.max_pause);
         let extra = ["--safety-net-until".into(), deadline.to_string().into()];
@@ -209,11 +261,12 @@ async fn run_async(cli: &Cli) -> Result<u8> {
         total_ms = started.elapsed().as_millis(),
         paused = result.paused,
         draining = result.draining,
+        uncertain = result.uncertain,
         failed = result.failed,
-        outcome = match (result.draining, result.failed) {
+        outcome = match (result.draining + result.uncertain, result.failed) {
             _ if pausing == 0 => "nothing paused",
             (0, 0) => "paused",
-            (_, 0) => "pausing (still draining)",
+            (_, 0) => "pausing (still draining, or maybe)",
             _ => "partly paused",
         },
         "before-stop done"
@@ -237,91 +290,4 @@ fn member_name(given: Option<&str>) -> Result<String> {
     Err(config::usage(
         "cannot tell this member's name: set --member or PATRONI_NAME",
     ))
-}
-
-/// The REST API answers in milliseconds or not at all: on SIGTERM Patroni shuts it down
-/// before stopping Postgres, and its socket then accepts but never answers. So patronictl
-/// starts alongside once the API has had this long, and whichever answers first is used: a
-/// pod deletion pays this head start, not a timeout.
-const REST_HEAD_START: Duration = Duration::from_millis(50);
-
-type View = (Vec<Member>, Result<Vec<Switch>>);
-
-/// The member list and, when it could be read, the history: from the REST API when
-/// `--patroni-url` is set (milliseconds instead of two Python start-ups), racing patronictl
-/// if it is slow; else from files or patronictl. History may fail without harm when the
-/// list decides alone.
-async fn read_view(cli: &Cli) -> Result<View> {
-    let Some(url) = &cli.patroni_url else {
-        return read_view_from_patronictl(cli).await;
-    };
-    let api = patroni_api::Api::parse(url).map_err(|e| config::usage(format!("{e:#}")))?;
-    let rest = async {
-        let view = api.view(cli.patronictl_timeout).await;
-        if let Err(err) = &view {
-            tracing::warn!("Patroni REST API failed, using patronictl instead: {err:#}");
-        }
-        view.map(|(list, history)| (list, Ok(history)))
-    };
-    tokio::pin!(rest);
-    tokio::select! {
-        answer = &mut rest => return match answer {
-            Ok(view) => Ok(view),
-            Err(_) => read_view_from_patronictl(cli).await,
-        },
-        _ = tokio::time::sleep(REST_HEAD_START) => {}
-    }
-    let ctl = read_view_from_patronictl(cli);
-    tokio::pin!(ctl);
-    tokio::select! {
-        answer = &mut rest => match answer {
-            Ok(view) => Ok(view),
-            Err(_) => ctl.await,
-        },
-        view = &mut ctl => {
-            tracing::warn!("Patroni REST API did not answer within {REST_HEAD_START:?}; used patronictl instead");
-            view
-        }
-    }
-}
-
-async fn read_view_from_patronictl(cli: &Cli) -> Result<View> {
-    let ctl = patronictl::Patronictl {
-        program: cli.patronictl.clone(),
-        args: cli.patronictl_args.clone(),
-        timeout: cli.patronictl_timeout,
-    };
-    let read = |file: Option<PathBuf>, subcommand: &'static str| {
-        let ctl = ctl.clone();
-        async move {
-            match file {
-                Some(path) => config::read_input(&path),
-                None => ctl.tsv(subcommand).await,
-            }
-        }
-    };
-    let (list, history) = tokio::join!(
-        read(cli.list_tsv.clone(), "list"),
-        read(cli.history_tsv.clone(), "history")
-    );
-    let list = patronictl::parse_list(&list?)?;
-    Ok((
-        list,
-        history.and_then(|text| patronictl::parse_history(&text)),
-    ))
-}
-
-async fn decide(cli: &Cli, member: &str) -> Result<Decision> {
-    let (list, history) = read_view(cli).await?;
-    match decision::decide_from_list(member, &list).map_err(anyhow::Error::msg)? {
-        ListVerdict::Decided(decision) => Ok(decision),
-        ListVerdict::NeedHistory => {
-            let history = history?;
-            let group = list
-                .iter()
-                .find(|m| m.name == member)
-                .and_then(|m| m.group.as_deref());
-            Ok(decision::decide_from_history(member, group, &history))
-        }
-    }
 }

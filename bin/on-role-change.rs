@@ -51,13 +51,12 @@ struct Cli {
     promote_timeout: Duration,
 
     /// The address PgBouncer itself uses for the cluster (its [databases] host and port, e.g.
-    /// the read-write Service), repeatable. Before RESUME, wait until it reaches this member, so
+    /// the read-write Service), repeatable or comma-separated. Before RESUME, wait until it reaches this member, so
     /// PgBouncer's first login does not hit the old primary. Credentials as for --postgres.
     #[arg(
         long,
         value_name = "URL",
         env = "HOOKS_UPSTREAM_URLS",
-        value_delimiter = ',',
         hide_env_values = true
     )]
     upstream: Vec<String>,
@@ -107,7 +106,10 @@ fn run(cli: &Cli) -> Result<u8> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run_async(cli))
+    let result = runtime.block_on(run_async(cli));
+    // Never wait for a name lookup stuck in a blocking thread: the run is over.
+    runtime.shutdown_background();
+    result
 }
 
 async fn run_async(cli: &Cli) -> Result<u8> {
@@ -128,9 +130,9 @@ async fn run_async(cli: &Cli) -> Result<u8> {
     let upstreams = cli
         .upstream
         .iter()
-        .filter(|u| !u.trim().is_empty())
+        .flat_map(|u| hooks::conninfo::split_url_list(u))
         .map(|u| {
-            Local::from_url_or_env(Some(u), &postgres::process_env)
+            Local::from_url_or_env(Some(&u), &postgres::process_env)
                 .map_err(|e| config::usage(format!("--upstream: {e:#}")))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -168,7 +170,13 @@ async fn run_async(cli: &Cli) -> Result<u8> {
     }
 
     if !cli.detached_worker && !cli.no_detach {
-        return wait_for_worker(cli).await;
+        match detach::spawn_awaitable(&["--detached-worker".into()]) {
+            Ok(worker) => return wait_for_worker(cli, worker).await,
+            // No fork (pids limit, memory): the RESUME must still happen, so do the work here.
+            Err(err) => tracing::warn!(
+                "cannot start the detached worker ({err:#}); waiting and resuming in this process"
+            ),
+        }
     }
 
     // Promotion and route are awaited side by side: each costs only what it adds.
@@ -182,8 +190,8 @@ async fn run_async(cli: &Cli) -> Result<u8> {
     };
     let writable = matches!(plan, ResumePlan::AfterPromotion(_));
     let route = async {
-        if !upstreams.is_empty() {
-            route::wait_for_route(
+        let reached = upstreams.is_empty()
+            || route::wait_for_route(
                 &local,
                 writable,
                 &upstreams,
@@ -191,8 +199,7 @@ async fn run_async(cli: &Cli) -> Result<u8> {
                 cli.route_timeout,
             )
             .await;
-        }
-        wait_started.elapsed().as_millis()
+        (reached, wait_started.elapsed().as_millis())
     };
     tokio::pin!(promotion, route);
     let (mut wait_ms, mut route_ms) = (None, None);
@@ -213,7 +220,35 @@ async fn run_async(cli: &Cli) -> Result<u8> {
             routed = &mut route, if route_ms.is_none() => route_ms = Some(routed),
         }
     }
-    let (wait_ms, route_ms) = (wait_ms.unwrap_or(0), route_ms.unwrap_or(0));
+    let (wait_ms, (reached, route_ms)) = (wait_ms.unwrap_or(0), route_ms.unwrap_or((true, 0)));
+    if !reached && writable {
+        // The route never reached this member: before resuming anyway, make sure it is still
+        // the primary (it may have been demoted or stopped while the route lagged).
+        let still = async {
+            let client = local.connect(cli.pgbouncer.connect_timeout).await?;
+            tokio::time::timeout(
+                cli.pgbouncer.command_timeout,
+                postgres::in_recovery(&client),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("pg_is_in_recovery() did not answer"))?
+        };
+        let problem = match still.await {
+            Ok(false) => None,
+            Ok(true) => Some("it is in recovery again".to_string()),
+            Err(err) => Some(format!("it cannot be asked: {err:#}")),
+        };
+        if let Some(problem) = problem {
+            tracing::error!(
+                wait_ms,
+                route_ms,
+                total_ms = started.elapsed().as_millis(),
+                outcome = "not resumed",
+                "on-role-change done: the route never reached this member and {problem}; PgBouncer NOT resumed"
+            );
+            return Ok(exit::FAILURE);
+        }
+    }
 
     let password = cli.pgbouncer.password()?;
     let resume_started = Instant::now();
@@ -248,8 +283,7 @@ async fn run_async(cli: &Cli) -> Result<u8> {
 
 /// Hands the wait and the RESUME to a detached worker and waits for its verdict; if this
 /// process is killed meanwhile, the worker carries on.
-async fn wait_for_worker(cli: &Cli) -> Result<u8> {
-    let worker = detach::spawn_awaitable(&["--detached-worker".into()])?;
+async fn wait_for_worker(cli: &Cli, worker: detach::Worker) -> Result<u8> {
     tracing::info!(
         "waiting and resuming in a detached worker (it survives Patroni killing this callback)"
     );
@@ -274,7 +308,13 @@ async fn check(
     upstreams: &[Local],
 ) -> Result<u8> {
     let password = cli.pgbouncer.password()?;
-    let mut ok = pause::preflight(urls, password.as_deref(), &cli.pgbouncer).await;
+    let mut ok = pause::preflight(
+        urls,
+        password.as_deref(),
+        &cli.pgbouncer,
+        !upstreams.is_empty(),
+    )
+    .await;
     match local.connect(cli.pgbouncer.connect_timeout).await {
         Ok(client) => match postgres::in_recovery(&client).await {
             Ok(recovery) => tracing::info!(
@@ -291,9 +331,6 @@ async fn check(
             ok = false;
             tracing::error!("check: local Postgres unreachable: {err:#} (set --postgres or PGHOST/PGPORT/PGUSER)");
         }
-    }
-    if upstreams.is_empty() {
-        tracing::warn!("check: no --upstream: the route from PgBouncer to the new primary is not verified before RESUME");
     }
     for upstream in upstreams {
         match upstream.connect(cli.pgbouncer.connect_timeout).await {

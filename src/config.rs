@@ -16,14 +16,16 @@ use crate::exit::UsageError;
 #[derive(Args, Clone, Debug)]
 pub struct PgBouncerArgs {
     /// PgBouncer admin console, e.g. postgresql://pgbouncer_admin@pgbouncer:6432/pgbouncer.
-    /// Repeatable. Every address the host resolves to is a target (a headless Service lists every
-    /// PgBouncer pod). The password comes from PGBOUNCER_PASSWORD or --pgbouncer-password-file;
-    /// a password in the URL works but shows in `ps` when given as a flag.
+    /// Repeatable, or a comma-separated list (a new URL starts at each `postgresql://`, so
+    /// multi-host URLs and commas in passwords survive). Every address the host resolves to is
+    /// a target (a headless Service lists every PgBouncer pod). The password comes best from
+    /// --pgbouncer-password-file (a mounted Secret); PGBOUNCER_PASSWORD works but Patroni hands
+    /// its environment on to every Postgres backend; a password in the URL shows in `ps`.
+    /// Plain TCP only: sslmode=require and stricter are refused.
     #[arg(
         long = "pgbouncer",
         value_name = "URL",
         env = "PGBOUNCER_URLS",
-        value_delimiter = ',',
         hide_env_values = true
     )]
     pub urls: Vec<String>,
@@ -70,8 +72,8 @@ impl PgBouncerArgs {
         let urls = self
             .urls
             .iter()
-            .filter(|u| !u.trim().is_empty())
-            .map(|u| crate::pgbouncer::Url::parse(u).map_err(|e| usage(format!("{e:#}"))))
+            .flat_map(|u| crate::conninfo::split_url_list(u))
+            .map(|u| crate::pgbouncer::Url::parse(&u).map_err(|e| usage(format!("{e:#}"))))
             .collect::<Result<Vec<_>>>()?;
         if urls.is_empty() && required {
             return Err(usage(format!(
@@ -95,9 +97,13 @@ fn url_has_password(url: &str) -> bool {
         return false;
     };
     let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let query = rest.split_once('?').map(|(_, q)| q).unwrap_or("");
     authority
         .rsplit_once('@')
         .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+        || query
+            .split('&')
+            .any(|pair| pair.to_ascii_lowercase().starts_with("password="))
 }
 
 /// Flags every run has.
@@ -207,5 +213,6 @@ mod tests {
         assert!(!url_has_password("postgresql://u@h/db"));
         assert!(!url_has_password("postgresql://h:6432/db"));
         assert!(!url_has_password("postgresql://u@h/db?x=a:b@c"));
+        assert!(url_has_password("postgresql://u@h/db?password=p"));
     }
 }

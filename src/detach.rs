@@ -31,7 +31,8 @@ pub fn launcher_stage() -> Option<ExitCode> {
     Some(match spawned {
         Ok(_) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("cannot start the detached worker: {err}");
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "cannot start the detached worker: {err}");
             ExitCode::FAILURE
         }
     })
@@ -93,6 +94,10 @@ impl Worker {
 }
 
 /// Called by the worker at its end: the awaiting foreground reads this line.
+/// Never fails: when Patroni has killed the callback, nobody reads this pipe any more, and a
+/// closed stdout must not turn a finished job into a panic.
 pub fn report(code: u8) {
-    println!("exit={code}");
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "exit={code}").and_then(|()| out.flush());
 }

@@ -7,6 +7,7 @@
 //! [`patronictl::Patronictl`], [`patroni_api`], [`route`] and [`safety`].
 
 pub mod config;
+pub mod conninfo;
 pub mod decision;
 pub mod detach;
 pub mod exit;
@@ -19,3 +20,4 @@ pub mod postgres;
 pub mod report;
 pub mod route;
 pub mod safety;
+pub mod view;

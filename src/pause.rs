@@ -5,26 +5,39 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use anyhow::Result;
 
 use crate::config::PgBouncerArgs;
-use crate::pgbouncer::{self, Admin, Answer, Url};
+use crate::pgbouncer::{self, Admin, Answer, Paused, Url};
 
 #[derive(Debug, Default)]
 pub struct PauseResult {
     /// PAUSE answered, or PgBouncer was already paused.
     pub paused: usize,
-    /// PAUSE sent but still waiting for transactions when `--pause-timeout` ran out.
+    /// PAUSE sent but still waiting for transactions when the bound ran out.
     pub draining: usize,
+    /// The connection broke after PAUSE went out: PgBouncer may be pausing.
+    pub uncertain: usize,
     pub failed: usize,
+}
+
+impl PauseResult {
+    /// PgBouncers that are, or may be, pausing: each needs a RESUME, so the net is armed.
+    pub fn maybe_pausing(&self) -> usize {
+        self.paused + self.draining + self.uncertain
+    }
 }
 
 enum PauseOutcome {
     Paused(Answer),
     Draining,
+    Uncertain(String),
 }
 
-/// Sends PAUSE everywhere and waits at most `pause_timeout` for it to finish.
+/// Sends PAUSE everywhere and waits for it at most `pause_timeout`, and never past `until`
+/// (resolution, connection and drain included).
 ///
 /// A PAUSE still draining when the bound runs out is left pending: PgBouncer stays pausing
 /// after the connection closes, Postgres' fast shutdown ends the long transactions, and the
@@ -34,8 +47,11 @@ pub async fn pause_all(
     password: Option<&str>,
     args: &PgBouncerArgs,
     pause_timeout: Duration,
+    until: Instant,
 ) -> PauseResult {
-    let (targets, unresolved) = pgbouncer::resolve_all(urls, password, args.connect_timeout).await;
+    let left = || until.saturating_duration_since(Instant::now());
+    let (targets, unresolved) =
+        pgbouncer::resolve_all(urls, password, args.connect_timeout.min(left())).await;
     let mut result = PauseResult {
         failed: unresolved.len(),
         ..PauseResult::default()
@@ -45,9 +61,13 @@ pub async fn pause_all(
     }
     let connect_timeout = args.connect_timeout;
     let outcomes = pgbouncer::each(&targets, |target| async move {
-        let admin = Admin::connect(&target, connect_timeout).await?;
-        match tokio::time::timeout(pause_timeout, admin.pause()).await {
-            Ok(answer) => answer.map(PauseOutcome::Paused),
+        let left = until.saturating_duration_since(Instant::now());
+        let admin = Admin::connect(&target, connect_timeout.min(left)).await?;
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(pause_timeout.min(left), admin.pause()).await {
+            Ok(Ok(Paused::Yes(answer))) => Ok(PauseOutcome::Paused(answer)),
+            Ok(Ok(Paused::Maybe(why))) => Ok(PauseOutcome::Uncertain(why)),
+            Ok(Err(err)) => Err(err),
             Err(_) => Ok(PauseOutcome::Draining),
         }
     })
@@ -77,9 +97,19 @@ pub async fn pause_all(
                     command = "PAUSE",
                     result = "still draining",
                     ms,
-                    "PAUSE still waiting for in-flight transactions after {pause_timeout:?}; leaving it pausing (Postgres' shutdown ends them, queued clients wait for RESUME)"
+                    "PAUSE still waiting for in-flight transactions at its bound; leaving it pausing (Postgres' shutdown ends them, queued clients wait for RESUME)"
                 );
                 result.draining += 1;
+            }
+            Ok(PauseOutcome::Uncertain(why)) => {
+                tracing::warn!(
+                    pgbouncer,
+                    command = "PAUSE",
+                    result = "maybe paused",
+                    ms,
+                    "PAUSE went out but the connection broke before an answer ({why}): PgBouncer may be pausing, so it counts as paused"
+                );
+                result.uncertain += 1;
             }
             Err(err) => {
                 tracing::error!(
@@ -193,7 +223,14 @@ pub async fn resume_all(
 }
 
 /// `--check`: reach every target and report what would stop a real switchover.
-pub async fn preflight(urls: &[Url], password: Option<&str>, args: &PgBouncerArgs) -> bool {
+/// `route_checked`: whether RESUME waits for the route (on-role-change `--upstream`); when it
+/// does not, a slow `server_login_retry` is worth a warning.
+pub async fn preflight(
+    urls: &[Url],
+    password: Option<&str>,
+    args: &PgBouncerArgs,
+    route_checked: bool,
+) -> bool {
     if urls.is_empty() {
         tracing::error!("check: no PgBouncer configured: set --pgbouncer or PGBOUNCER_URLS");
         return false;
@@ -231,6 +268,22 @@ pub async fn preflight(urls: &[Url], password: Option<&str>, args: &PgBouncerArg
                 for warning in &report.warnings {
                     tracing::warn!(pgbouncer, "check: {warning}");
                 }
+                if !route_checked {
+                    match report.server_login_retry {
+                        Some(retry) if retry <= MAX_LOGIN_RETRY => tracing::info!(
+                            pgbouncer,
+                            server_login_retry = retry,
+                            "check: no route check, but server_login_retry is {retry} s: a RESUME that beats the route costs about that"
+                        ),
+                        retry => tracing::warn!(
+                            pgbouncer,
+                            warning = "late-route",
+                            server_login_retry = retry.unwrap_or(15.0),
+                            "check: neither a route check (on-role-change --upstream) nor a short server_login_retry (it is {} s): a RESUME that reaches PgBouncer before its route to the new primary stalls clients that long; set server_login_retry = 1 and --upstream",
+                            retry.map_or("unknown".to_string(), |r| r.to_string())
+                        ),
+                    }
+                }
                 for problem in &report.problems {
                     tracing::error!(pgbouncer, "check: {problem}");
                 }
@@ -244,7 +297,11 @@ pub async fn preflight(urls: &[Url], password: Option<&str>, args: &PgBouncerArg
     ok
 }
 
+/// A `server_login_retry` up to this (seconds) keeps a too-early RESUME cheap.
+const MAX_LOGIN_RETRY: f64 = 1.0;
+
 struct Inspection {
+    server_login_retry: Option<f64>,
     version: String,
     pool_mode: String,
     show_state: bool,
@@ -290,10 +347,49 @@ async fn inspect(admin: &Admin) -> Result<Inspection> {
         );
     }
     Ok(Inspection {
+        server_login_retry: login_retry_seconds(&setting("server_login_retry")),
         version,
         pool_mode,
         show_state: state.is_some(),
         warnings,
         problems,
     })
+}
+
+/// `SHOW CONFIG`'s `server_login_retry`, in seconds: a bare number of seconds, or with a unit
+/// (`ms`, `s`, `min`) as PgBouncer accepts them in its ini file.
+fn login_retry_seconds(value: &str) -> Option<f64> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    match unit.trim() {
+        "" | "s" => Some(number),
+        "ms" => Some(number / 1000.0),
+        "min" => Some(number * 60.0),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_retry_values() {
+        let table = [
+            ("15", Some(15.0)),
+            ("1", Some(1.0)),
+            ("500ms", Some(0.5)),
+            ("2s", Some(2.0)),
+            ("1min", Some(60.0)),
+            ("", None),
+            ("x", None),
+        ];
+        for (text, want) in table {
+            assert_eq!(login_retry_seconds(text), want, "{text:?}");
+        }
+    }
 }

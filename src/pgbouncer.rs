@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
 
-use crate::postgres::describe;
+use crate::conninfo::{describe, redact, refuse_tls};
 
 /// One PgBouncer process to drive: a single address, never a name that resolves to several.
 #[derive(Clone)]
@@ -38,6 +38,7 @@ pub struct Url {
 
 impl Url {
     pub fn parse(text: &str) -> Result<Url> {
+        refuse_tls(text)?;
         let config = Config::from_str(text.trim()).map_err(|err| {
             anyhow!(
                 "{:?} is not a PostgreSQL URL ({err}): expected e.g. postgresql://pgbouncer_admin@pgbouncer:6432/pgbouncer",
@@ -105,7 +106,10 @@ impl Url {
 
     fn base(&self, password: Option<&str>) -> Config {
         let mut config = Config::new();
-        config.dbname(self.config.get_dbname().unwrap_or("pgbouncer"));
+        config
+            .dbname(self.config.get_dbname().unwrap_or("pgbouncer"))
+            .ssl_mode(self.config.get_ssl_mode())
+            .channel_binding(self.config.get_channel_binding());
         if let Some(user) = self.config.get_user() {
             config.user(user);
         }
@@ -114,31 +118,6 @@ impl Url {
         }
         config
     }
-}
-
-/// A URL with its password replaced, for error messages about URLs that did not parse.
-pub fn redact(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(end);
-        if let Some((userinfo, hostport)) = authority.rsplit_once('@') {
-            let user = userinfo.split(':').next().unwrap_or("");
-            let hidden = if userinfo.contains(':') { ":***" } else { "" };
-            return format!("{scheme}://{user}{hidden}@{hostport}{tail}");
-        }
-        return url.to_string();
-    }
-    // key=value form: hide the value of password=.
-    url.split_whitespace()
-        .map(|pair| {
-            if pair.starts_with("password=") {
-                "password=***"
-            } else {
-                pair
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn show(config: &Config, name: Option<&str>) -> String {
@@ -179,6 +158,14 @@ pub enum Answer {
     AlreadyThere,
 }
 
+/// What is known after PAUSE was sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Paused {
+    Yes(Answer),
+    /// The connection broke before PgBouncer answered: it may be pausing (the reason).
+    Maybe(String),
+}
+
 /// `SHOW STATE`, PgBouncer >= 1.19.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct State {
@@ -215,12 +202,22 @@ impl Admin {
             .map_err(|err| describe(&err))
     }
 
-    /// PAUSE; waits for in-flight transactions with no bound of its own.
-    pub async fn pause(&self) -> Result<Answer> {
-        match self.query("PAUSE").await {
-            Ok(_) => Ok(Answer::Done),
-            Err(m) if m.contains("already suspended/paused") => Ok(Answer::AlreadyThere),
-            Err(m) => Err(admin_error("PAUSE", &m)),
+    /// PAUSE; waits for in-flight transactions with no bound of its own. An error that
+    /// PgBouncer did not answer (the connection broke after PAUSE went out) is
+    /// [`Paused::Maybe`]: PgBouncer may well be pausing.
+    pub async fn pause(&self) -> Result<Paused> {
+        match self.client.simple_query("PAUSE").await {
+            Ok(_) => Ok(Paused::Yes(Answer::Done)),
+            Err(err) => {
+                let message = describe(&err);
+                if err.as_db_error().is_none() {
+                    Ok(Paused::Maybe(message))
+                } else if message.contains("already suspended/paused") {
+                    Ok(Paused::Yes(Answer::AlreadyThere))
+                } else {
+                    Err(admin_error("PAUSE", &message))
+                }
+            }
         }
     }
 
@@ -379,21 +376,34 @@ where
         .collect()
 }
 
-/// Resolves every URL; a URL that does not resolve is reported, the others still count.
+/// Resolves every URL at once (one slow name must not delay the others), each bounded by
+/// `timeout`; a URL that does not resolve is reported, the others still count.
 pub async fn resolve_all(
     urls: &[Url],
     password: Option<&str>,
     timeout: Duration,
 ) -> (Vec<Target>, Vec<String>) {
+    let mut set = tokio::task::JoinSet::new();
+    for (index, url) in urls.iter().enumerate() {
+        let (url, password) = (url.clone(), password.map(str::to_string));
+        set.spawn(async move { (index, url.resolve(password.as_deref(), timeout).await) });
+    }
+    let mut found: Vec<Option<Result<Vec<Target>>>> = urls.iter().map(|_| None).collect();
+    while let Some(joined) = set.join_next().await {
+        if let Ok((index, result)) = joined {
+            found[index] = Some(result);
+        }
+    }
     let mut targets = Vec::new();
     let mut failures = Vec::new();
-    for url in urls {
-        match url.resolve(password, timeout).await {
-            Ok(found) if found.is_empty() => {
+    for (url, result) in urls.iter().zip(found) {
+        match result {
+            Some(Ok(found)) if found.is_empty() => {
                 failures.push(format!("{}: resolves to no address", url.shown))
             }
-            Ok(found) => targets.extend(found),
-            Err(err) => failures.push(format!("{}: {err:#}", url.shown)),
+            Some(Ok(found)) => targets.extend(found),
+            Some(Err(err)) => failures.push(format!("{}: {err:#}", url.shown)),
+            None => failures.push(format!("{}: resolving it failed", url.shown)),
         }
     }
     (targets, failures)
@@ -402,6 +412,7 @@ pub async fn resolve_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conninfo::split_url_list;
 
     #[test]
     fn redaction() {
@@ -416,6 +427,24 @@ mod tests {
             ),
             ("postgres://a:b:c@h", "postgres://a:***@h"),
             ("host=h password=x user=u", "host=h password=*** user=u"),
+            (
+                "postgresql://admin@pgb/pgbouncer?password=s3cret&sslmode=disable",
+                "postgresql://admin@pgb/pgbouncer?password=***&sslmode=disable",
+            ),
+            (
+                "postgresql://pgb/pgbouncer?user=a&PASSWORD=s3cret",
+                "postgresql://pgb/pgbouncer?user=a&PASSWORD=***",
+            ),
+            (
+                "host=h password = s3cret user=u",
+                "host=h password = *** user=u",
+            ),
+            (
+                "host=h password='a b\\' c' user=u",
+                "host=h password=*** user=u",
+            ),
+            ("password=s3cret", "password=***"),
+            ("host='x y' password=''", "host='x y' password=***"),
         ];
         for (url, shown) in table {
             assert_eq!(redact(url), shown);
@@ -431,6 +460,56 @@ mod tests {
             .err()
             .unwrap();
         assert!(!format!("{err:#}").contains("s3cret"), "{err:#}");
+    }
+
+    #[test]
+    fn url_lists_split_only_where_a_url_starts() {
+        let table: [(&str, &[&str]); 5] = [
+            (
+                "postgresql://a@h1/pgbouncer",
+                &["postgresql://a@h1/pgbouncer"],
+            ),
+            (
+                "postgresql://a@h1/pgbouncer, postgres://a@h2/pgbouncer",
+                &["postgresql://a@h1/pgbouncer", "postgres://a@h2/pgbouncer"],
+            ),
+            // A comma in the password, and a multi-host URL.
+            (
+                "postgresql://a:x,y@h1/pgbouncer,postgresql://a@h2:6432,h3:6432/pgbouncer",
+                &[
+                    "postgresql://a:x,y@h1/pgbouncer",
+                    "postgresql://a@h2:6432,h3:6432/pgbouncer",
+                ],
+            ),
+            ("", &[]),
+            (" , postgresql://h ,", &["postgresql://h"]),
+        ];
+        for (text, want) in table {
+            assert_eq!(split_url_list(text), want, "{text:?}");
+        }
+        let url = Url::parse("postgresql://a:x,y@127.0.0.1:6432/pgbouncer").unwrap();
+        assert_eq!(url.config.get_password(), Some(&b"x,y"[..]));
+    }
+
+    #[test]
+    fn tls_is_refused_never_dropped() {
+        for text in [
+            "postgresql://a@h/pgbouncer?sslmode=require",
+            "postgresql://a:s3cret@h/pgbouncer?sslmode=verify-full",
+            "host=h sslmode=verify-ca password=s3cret",
+            "postgresql://a@h/pgbouncer?channel_binding=require",
+        ] {
+            let err = Url::parse(text).err().expect(text);
+            let line = format!("{err:#}");
+            assert!(line.contains("needs TLS"), "{line}");
+            assert!(!line.contains("s3cret"), "{line}");
+        }
+        let url = Url::parse("postgresql://a@h/pgbouncer?sslmode=disable").unwrap();
+        assert_eq!(
+            url.base(None).get_ssl_mode(),
+            tokio_postgres::config::SslMode::Disable
+        );
+        assert!(Url::parse("postgresql://a@h/pgbouncer?sslmode=prefer").is_ok());
     }
 
     #[test]

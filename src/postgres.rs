@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use tokio_postgres::config::Host;
+use tokio_postgres::config::{ChannelBinding, SslMode};
 use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
+
+use crate::conninfo::{describe, refuse_tls, refuse_tls_settings};
 
 /// Where the local Postgres is, with a printable form that never holds the password.
 #[derive(Clone)]
@@ -30,11 +33,14 @@ pub fn process_env(name: &str) -> Option<String> {
 impl Local {
     /// `--postgres URL`, else `PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE`, `PGPASSWORD`, `PGPASSFILE`.
     pub fn from_url_or_env(url: Option<&str>, env: &Env) -> Result<Local> {
+        if let Some(url) = url {
+            refuse_tls(url)?;
+        }
         let mut config = match url {
             Some(url) => Config::from_str(url).map_err(|err| {
                 anyhow!(
                     "--postgres {:?} is not a PostgreSQL URL: {err}",
-                    crate::pgbouncer::redact(url)
+                    crate::conninfo::redact(url)
                 )
             })?,
             None => Config::new(),
@@ -73,6 +79,25 @@ impl Local {
             let db = env("PGDATABASE")
                 .unwrap_or_else(|| config.get_user().unwrap_or("postgres").to_string());
             config.dbname(&db);
+        }
+        // libpq's PGSSLMODE / PGCHANNELBINDING, when the URL does not say: honoured where
+        // plaintext is allowed, refused where TLS is required.
+        let url_says = |key: &str| url.is_some_and(|u| u.contains(key));
+        if !url_says("sslmode") {
+            let mode = env("PGSSLMODE");
+            refuse_tls_settings(mode.as_deref(), None)
+                .map_err(|why| anyhow!("PGSSLMODE: {why}"))?;
+            if mode.as_deref() == Some("disable") {
+                config.ssl_mode(SslMode::Disable);
+            }
+        }
+        if !url_says("channel_binding") {
+            let binding = env("PGCHANNELBINDING");
+            refuse_tls_settings(None, binding.as_deref())
+                .map_err(|why| anyhow!("PGCHANNELBINDING: {why}"))?;
+            if binding.as_deref() == Some("disable") {
+                config.channel_binding(ChannelBinding::Disable);
+            }
         }
         if config.get_password().is_none() {
             if let Some(password) = env("PGPASSWORD") {
@@ -122,23 +147,6 @@ fn show(config: &Config) -> String {
         "postgresql://{user}@{host}:{port}/{}",
         config.get_dbname().unwrap_or("")
     )
-}
-
-/// The error's own words: a server message when there is one, else the I/O cause.
-pub fn describe(err: &tokio_postgres::Error) -> String {
-    if let Some(db) = err.as_db_error() {
-        return db.message().to_string();
-    }
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        let words = cause.to_string();
-        if !text.contains(&words) {
-            text = format!("{text}: {words}");
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Looks the password up in a `.pgpass` file the way libpq does: first matching line wins.
@@ -221,6 +229,24 @@ pub async fn in_recovery(client: &Client) -> Result<bool> {
     bail!("pg_is_in_recovery() returned no row")
 }
 
+/// How long to wait before the next login after `failures` failed ones in a row. A server
+/// that is starting or stopping answers so for a moment: ask again at the poll interval. Any
+/// other refusal (a wrong password, no pg_hba.conf entry, nothing listening) will not fix
+/// itself within milliseconds, and each try is a line in the server's log: back off,
+/// doubling up to a second.
+pub fn retry_delay(poll: Duration, failures: u32, problem: &str) -> Duration {
+    const TRANSIENT: [&str; 3] = [
+        "the database system is starting up",
+        "the database system is shutting down",
+        "the database system is not yet accepting connections",
+    ];
+    if TRANSIENT.iter().any(|t| problem.contains(t)) {
+        return poll;
+    }
+    let doubled = poll.saturating_mul(1 << failures.min(16));
+    doubled.min(Duration::from_secs(1)).max(poll)
+}
+
 /// How the wait for promotion went.
 #[derive(Debug)]
 pub struct Waited {
@@ -243,18 +269,27 @@ pub async fn wait_until_primary(
     let mut client: Option<Client> = None;
     let mut last_problem = String::from("never asked");
     let mut polls = 0;
+    let mut failed_logins = 0;
     while polls < max_polls {
         polls += 1;
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             break;
         }
+        let mut pause = poll;
         if client.is_none() {
             match local.connect(remaining.min(Duration::from_secs(5))).await {
-                Ok(c) => client = Some(c),
+                Ok(c) => {
+                    client = Some(c);
+                    failed_logins = 0;
+                }
                 Err(err) => {
-                    tracing::debug!(error = %format!("{err:#}"), "local Postgres not reachable yet");
                     last_problem = format!("{err:#}");
+                    if failed_logins == 0 {
+                        tracing::warn!("local Postgres refused the first login: {last_problem}");
+                    }
+                    failed_logins += 1;
+                    pause = retry_delay(poll, failed_logins, &last_problem);
                 }
             }
         }
@@ -278,7 +313,7 @@ pub async fn wait_until_primary(
             }
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        tokio::time::sleep(poll.min(remaining)).await;
+        tokio::time::sleep(pause.min(remaining)).await;
     }
     bail!(
         "{} did not leave recovery within {timeout:?} (last: {last_problem}); raise --promote-timeout if promotion is just slow",
@@ -332,6 +367,50 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("PGPORT=\"x\""), "{err}");
+    }
+
+    #[test]
+    fn required_tls_is_refused_from_url_or_variables() {
+        let err = |url: Option<&str>, vars: &[(&str, &str)]| {
+            Local::from_url_or_env(url, &env(vars))
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default()
+        };
+        assert!(err(Some("postgresql://u:pw@h/db?sslmode=require"), &[]).contains("needs TLS"));
+        assert!(!err(Some("postgresql://u:pw@h/db?sslmode=require"), &[]).contains("pw@"));
+        assert!(err(None, &[("PGSSLMODE", "verify-full")]).contains("PGSSLMODE"));
+        assert!(err(None, &[("PGCHANNELBINDING", "require")]).contains("PGCHANNELBINDING"));
+        let local = Local::from_url_or_env(None, &env(&[("PGSSLMODE", "disable")])).unwrap();
+        assert_eq!(local.config.get_ssl_mode(), SslMode::Disable);
+        assert!(
+            Local::from_url_or_env(Some("postgresql://h/db?sslmode=prefer"), &env(&[])).is_ok()
+        );
+    }
+
+    #[test]
+    fn failed_logins_back_off_unless_the_server_is_just_starting() {
+        let poll = Duration::from_millis(10);
+        let ms = |failures, problem| retry_delay(poll, failures, problem).as_millis();
+        let auth = "password authentication failed for user \"u\"";
+        assert_eq!(ms(1, auth), 20);
+        assert_eq!(ms(2, auth), 40);
+        assert_eq!(ms(7, auth), 1000);
+        assert_eq!(ms(1000, auth), 1000);
+        assert_eq!(ms(3, "Connection refused (os error 111)"), 80);
+        assert_eq!(ms(9, "the database system is starting up"), 10);
+        // In 60 s of a wrong password: about 65 logins, not 4,000.
+        let (mut spent, mut tries) = (Duration::ZERO, 0);
+        while spent < Duration::from_secs(60) {
+            tries += 1;
+            spent += retry_delay(poll, tries, auth);
+        }
+        assert!(tries < 70, "{tries} logins");
+        // A poll interval longer than the cap is kept.
+        assert_eq!(
+            retry_delay(Duration::from_secs(2), 5, auth),
+            Duration::from_secs(2)
+        );
     }
 
     #[test]

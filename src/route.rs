@@ -32,7 +32,7 @@ pub async fn identity(client: &Client) -> Result<Identity> {
     let messages = client
         .simple_query(IDENTITY_SQL)
         .await
-        .map_err(|err| anyhow!("{}", crate::postgres::describe(&err)))?;
+        .map_err(|err| anyhow!("{}", crate::conninfo::describe(&err)))?;
     for message in messages {
         if let SimpleQueryMessage::Row(row) = message {
             let field = |i: usize| row.get(i).unwrap_or("").to_string();
@@ -85,10 +85,12 @@ pub async fn wait_for_route(
 ) -> bool {
     let started = Instant::now();
     let deadline = started + timeout;
-    let me = match local.connect(Duration::from_secs(5)).await {
-        Ok(client) => identity(&client).await,
-        Err(err) => Err(err),
-    };
+    let me = tokio::time::timeout(Duration::from_secs(5), async {
+        let client = local.connect(Duration::from_secs(5)).await?;
+        identity(&client).await
+    })
+    .await
+    .unwrap_or_else(|_| Err(anyhow!("{}: no answer within 5s", local.shown)));
     let me = match me {
         Ok(me) => Identity {
             in_recovery: !writable,

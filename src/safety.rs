@@ -76,7 +76,15 @@ async fn watch_one(target: &Target, args: &PgBouncerArgs, deadline_ms: u64) -> b
                     tracing::info!(pgbouncer = %target.shown, "safety net: PgBouncer was resumed; nothing to do");
                     return false;
                 }
-                Ok(Ok(_)) => {}
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None)) => {
+                    // PgBouncer < 1.19: no SHOW STATE, so nothing to watch; asking again
+                    // would only fill its log with errors. Wait for the deadline quietly.
+                    tracing::info!(pgbouncer = %target.shown, "safety net: this PgBouncer has no SHOW STATE (< 1.19); it will be RESUMEd at the deadline");
+                    tokio::time::sleep(until(deadline_ms)).await;
+                    admin = None;
+                    break;
+                }
                 _ => admin = None,
             }
         }
