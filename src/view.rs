@@ -108,28 +108,24 @@ pub async fn first_good<T>(
 }
 
 /// Reads the view, bounded by `timeout` as a whole (each patronictl or REST call is bounded by
-/// the smaller of its own timeout and this).
+/// `--patronictl-timeout` too; whichever ends first).
 pub async fn read(sources: &Sources, timeout: Duration) -> Result<View> {
     let work = async {
         let Some(api) = &sources.api else {
-            return read_patronictl(sources, timeout).await;
+            return read_patronictl(sources).await;
         };
         let rest = async {
-            let (list, history) = api
-                .view(sources.patronictl.timeout.min(timeout))
-                .await
-                .map_err(|err| {
-                    tracing::warn!(source = "rest", "Patroni REST API failed: {err:#}");
-                    err
-                })?;
+            let (list, history) = api.view(sources.patronictl.timeout).await.map_err(|err| {
+                tracing::warn!(source = "rest", "Patroni REST API failed: {err:#}");
+                err
+            })?;
             Ok(View {
                 list,
                 history: Ok(history),
                 source: Source::Rest,
             })
         };
-        let (view, winner) =
-            first_good(rest, read_patronictl(sources, timeout), REST_HEAD_START).await?;
+        let (view, winner) = first_good(rest, read_patronictl(sources), REST_HEAD_START).await?;
         if winner == Winner::Second {
             tracing::info!(
                 source = view.source.as_str(),
@@ -139,16 +135,16 @@ pub async fn read(sources: &Sources, timeout: Duration) -> Result<View> {
         }
         Ok(view)
     };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| anyhow!("the cluster view could not be read within {timeout:?}"))?
+    tokio::time::timeout(timeout, work).await.map_err(|_| {
+        anyhow!(
+            "the cluster view could not be read within {} ms (the time --timeout left for it)",
+            timeout.as_millis()
+        )
+    })?
 }
 
-async fn read_patronictl(sources: &Sources, timeout: Duration) -> Result<View> {
-    let ctl = Patronictl {
-        timeout: sources.patronictl.timeout.min(timeout),
-        ..sources.patronictl.clone()
-    };
+async fn read_patronictl(sources: &Sources) -> Result<View> {
+    let ctl = sources.patronictl.clone();
     let read = |file: Option<PathBuf>, subcommand: &'static str| {
         let ctl = ctl.clone();
         async move {
@@ -276,6 +272,6 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
-        assert!(format!("{err:#}").contains("300ms"), "{err:#}");
+        assert!(format!("{err:#}").contains("within 300 ms"), "{err:#}");
     }
 }

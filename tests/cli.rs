@@ -461,12 +461,10 @@ fn an_unreachable_patroni_api_falls_back_to_patronictl_output() {
         .arg(&list)
         .arg("--history-tsv")
         .arg(&history);
+    cmd.args(["--log-format", "json"]);
     let (code, stdout, stderr) = run(cmd, None);
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(
-        stderr.contains("Patroni REST API failed, using patronictl instead"),
-        "{stderr}"
-    );
+    assert_eq!(event(&stderr, "decided")["source"], "files", "{stderr}");
     assert!(stdout.contains("\"action\":\"pause\""), "{stdout}");
 
     let mut cmd = hook("before-stop");
@@ -533,18 +531,188 @@ fn a_patroni_api_that_accepts_but_never_answers_is_raced_by_patronictl() {
         .arg(&list)
         .arg("--history-tsv")
         .arg(&list);
+    cmd.args(["--log-format", "json"]);
     let started = Instant::now();
     let (code, stdout, stderr) = run(cmd, None);
     let took = started.elapsed();
     drop(silent);
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(
-        stderr.contains("did not answer within 50ms; used patronictl instead"),
-        "{stderr}"
-    );
+    assert_eq!(event(&stderr, "decided")["source"], "files", "{stderr}");
     assert!(stdout.contains("\"action\":\"pause\""), "{stdout}");
     assert!(
         took < Duration::from_secs(3),
         "waited {took:?} for a silent REST API"
     );
+}
+
+/// The last JSON event whose message is `message`, from a run with `--log-format json`.
+fn event(stderr: &str, message: &str) -> serde_json::Value {
+    stderr
+        .lines()
+        .rev()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|e| e["message"] == message)
+        .unwrap_or_else(|| panic!("no {message:?} event in:\n{stderr}"))
+}
+
+/// A Patroni REST API stand-in on 127.0.0.1 that answers `GET /cluster` and `GET /history`
+/// (m1 the leader) after `delay`, for `connections` connections.
+fn slow_patroni_api(delay: Duration, connections: usize) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(connections) {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut request = [0u8; 1024];
+                let n = stream.read(&mut request).unwrap_or(0);
+                let request = String::from_utf8_lossy(&request[..n]);
+                let body = if request.starts_with("GET /history") {
+                    r#"[[1, 25165984, "no recovery target specified", "2026-11-27T10:00:00+00:00", "m2"]]"#
+                } else {
+                    r#"{"members": [{"name": "m1", "role": "leader", "state": "running"}, {"name": "m2", "role": "replica", "state": "streaming"}]}"#
+                };
+                std::thread::sleep(delay);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_slow_patroni_api_still_wins_over_a_patronictl_that_fails() {
+    let port = slow_patroni_api(Duration::from_millis(200), 2);
+    let mut cmd = hook("before-stop");
+    cmd.args(["--dry-run", "--member", "m1", "--log-format", "json"])
+        .args(["--patroni-url", &format!("http://127.0.0.1:{port}")])
+        .args(["--patronictl", "/nonexistent/patronictl"]);
+    let (code, stdout, stderr) = run(cmd, None);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(event(&stderr, "decided")["source"], "rest", "{stderr}");
+    assert!(stdout.contains("\"action\":\"pause\""), "{stdout}");
+}
+
+#[test]
+fn every_source_failing_names_both_reasons() {
+    let s = Scratch::new("both-fail");
+    let port = common::free_port();
+    let mut cmd = hook("before-stop");
+    cmd.args(["--dry-run", "--member", "m1"])
+        .args(["--patroni-url", &format!("http://127.0.0.1:{port}")])
+        .arg("--patronictl")
+        .arg(s.script("patronictl", "echo 'etcd is down' >&2; exit 1"));
+    let (code, _, stderr) = run(cmd, None);
+    assert_eq!(code, Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(
+        last.contains("127.0.0.1") && last.contains("etcd is down"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn one_timeout_bounds_the_whole_run() {
+    let s = Scratch::new("deadline");
+    // A patronictl that hangs: the run ends at --timeout, not at --patronictl-timeout.
+    let mut cmd = hook("before-stop");
+    cmd.args([
+        "--member",
+        "m1",
+        "--timeout",
+        "1s",
+        "--patronictl-timeout",
+        "20s",
+    ])
+    .arg("--patronictl")
+    .arg(s.script("patronictl", "exec sleep 30"))
+    .args(["--pgbouncer", "postgresql://admin@127.0.0.1:1/pgbouncer"]);
+    let started = Instant::now();
+    let (code, _, stderr) = run(cmd, None);
+    let took = started.elapsed();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(took < Duration::from_secs(3), "took {took:?}: {stderr}");
+    assert!(stderr.contains("--timeout"), "{stderr}");
+
+    // A PgBouncer that accepts and never answers: --connect-timeout 20s, but --timeout 1s.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let list = s.file("l.tsv", LEADER_M1);
+    let mut cmd = hook("before-stop");
+    cmd.args([
+        "--member",
+        "m1",
+        "--timeout",
+        "1s",
+        "--connect-timeout",
+        "20s",
+    ])
+    .args(["--max-pause", "0", "--log-format", "json", "--list-tsv"])
+    .arg(&list)
+    .arg("--history-tsv")
+    .arg(&list)
+    .args([
+        "--pgbouncer",
+        &format!("postgresql://admin@127.0.0.1:{port}/pgbouncer"),
+    ]);
+    let started = Instant::now();
+    let (code, _, stderr) = run(cmd, None);
+    let took = started.elapsed();
+    drop(silent);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(took < Duration::from_secs(3), "took {took:?}: {stderr}");
+    assert_eq!(
+        event(&stderr, "before-stop done")["outcome"],
+        "nothing paused",
+        "{stderr}"
+    );
+}
+
+#[test]
+fn url_lists_passwords_and_tls_settings() {
+    let s = Scratch::new("urls");
+    let list = s.file("l.tsv", LEADER_M1);
+    let dry = |urls: &str| {
+        let mut cmd = hook("before-stop");
+        cmd.args(["--dry-run", "--member", "m1", "--list-tsv"])
+            .arg(&list)
+            .arg("--history-tsv")
+            .arg(&list)
+            .env("PGBOUNCER_URLS", urls);
+        run(cmd, None)
+    };
+    // A comma in a password and a multi-host URL do not split the list.
+    let (code, stdout, stderr) = dry(
+        "postgresql://admin:pa,ss@pgb-a:6432/pgbouncer,postgresql://admin@pgb-b:6432,pgb-c:6432/pgbouncer",
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        report["targets"].as_array().map(Vec::len),
+        Some(2),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("pa,ss") && !stderr.contains("pa,ss"),
+        "{stdout}{stderr}"
+    );
+    // Required TLS is refused in one clear line, exit 2, the password not shown.
+    for url in [
+        "postgresql://admin:s3cret@pgb:6432/pgbouncer?sslmode=require",
+        "postgresql://admin@pgb:6432/pgbouncer?password=s3cret&sslmode=verify-full",
+        "postgresql://admin@pgb:6432/pgbouncer?channel_binding=require",
+    ] {
+        let (code, _, stderr) = dry(url);
+        assert_eq!(code, Some(2), "{url}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("needs TLS") && !stderr.contains("s3cret"),
+            "{stderr}"
+        );
+    }
 }

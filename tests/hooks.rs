@@ -514,6 +514,14 @@ fn a_callback_killed_mid_wait_still_resumes() {
     );
     assert!(read(&log).contains("RESUME resumed"), "{}", read(&log));
     assert!(!pgb.is_paused(), "{}", read(&log));
+    // Its stdout led to the killed callback: writing its verdict there must not panic.
+    common::wait_until(
+        "the worker to exit",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || (!pgrep(&log_pattern(&standby))).then_some(()),
+    );
+    assert!(!read(&log).contains("panicked"), "{}", read(&log));
     common::spawn_psql(&pgb.app_url(), "SELECT 1").expect_success(Duration::from_secs(10));
 }
 
@@ -569,10 +577,9 @@ fn check_reports_without_changing_anything() {
     let (out, stderr) = run(on_role_change(&pg, &[&pgb], &["--check"]));
     assert_ok(&out, &stderr);
     assert!(stderr.contains("role=\"primary\""), "{stderr}");
-    assert!(
-        stderr.contains("route from PgBouncer to the new primary is not verified"),
-        "{stderr}"
-    );
+    // No --upstream, but server_login_retry = 1 (the harness's): said, not warned.
+    assert!(stderr.contains("server_login_retry=1"), "{stderr}");
+    assert!(!stderr.contains("late-route"), "{stderr}");
     // A paused PgBouncer, or one that cannot be reached, makes the check fail.
     pgb.admin("PAUSE").unwrap();
     let (out, stderr) = before_stop(&view, &[&pgb], &["--check"]);
@@ -580,4 +587,316 @@ fn check_reports_without_changing_anything() {
     assert!(stderr.contains("paused=true"), "{stderr}");
     assert!(pgb.is_paused(), "--check must not change anything");
     pgb.admin("RESUME").unwrap();
+}
+
+/// Whether a process whose command line contains `pattern` still runs.
+fn pgrep(pattern: &str) -> bool {
+    Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Something unique to the hooks started against `pg`: its URL.
+fn log_pattern(pg: &Postgres) -> String {
+    format!("on-role-change.*{}", pg.port)
+}
+
+/// The JSON events of a hook run with `--log-format json`.
+fn events(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// The summary event (`<hook> done`) of a run.
+fn summary(stderr: &str) -> serde_json::Value {
+    events(stderr)
+        .into_iter()
+        .rev()
+        .find(|e| e["message"].as_str().is_some_and(|m| m.contains(" done")))
+        .unwrap_or_else(|| panic!("no summary event in:\n{stderr}"))
+}
+
+/// A TCP proxy to `backend` that forwards every connection, except that it cuts one (both
+/// ways) `after` the client sent it a query containing `word`.
+struct CutProxy {
+    port: u16,
+}
+
+impl CutProxy {
+    fn start(backend: u16, word: &'static str, after: Duration) -> CutProxy {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for client in listener.incoming().take(64) {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", backend)) else {
+                    return;
+                };
+                let (mut c_read, mut s_write) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut s_read, mut c_write) =
+                    (server.try_clone().unwrap(), client.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 8192];
+                    while let Ok(n) = c_read.read(&mut buf) {
+                        if n == 0 || s_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        if buf[..n].windows(word.len()).any(|w| w == word.as_bytes()) {
+                            std::thread::sleep(after);
+                            let _ = client.shutdown(Shutdown::Both);
+                            let _ = server.shutdown(Shutdown::Both);
+                            break;
+                        }
+                    }
+                });
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 8192];
+                    while let Ok(n) = s_read.read(&mut buf) {
+                        if n == 0 || c_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        CutProxy { port }
+    }
+
+    fn admin_url(&self) -> String {
+        format!(
+            "postgresql://{}@127.0.0.1:{}/pgbouncer",
+            PgBouncer::ADMIN_USER,
+            self.port
+        )
+    }
+}
+
+#[test]
+fn a_pause_whose_answer_was_cut_off_still_arms_the_net() {
+    let pg = Postgres::start_primary();
+    let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
+    let proxy = CutProxy::start(pgb.port, "PAUSE", Duration::from_millis(300));
+    // PAUSE waits for this transaction; the proxy cuts the hook's connection meanwhile.
+    let mut long = hold_transaction(&pg, &pgb, 2);
+    let log = pgb.dir.join("before-stop-cut.log");
+    let view = leader_view(&pgb.dir, "m1").display().to_string();
+    let url = proxy.admin_url();
+    let args = [
+        "--member",
+        "m1",
+        "--list-tsv",
+        &view,
+        "--pgbouncer",
+        &url,
+        "--max-pause",
+        "4s",
+        "--log-format",
+        "json",
+    ];
+    let mut child = spawn_logged(hook("before-stop", &args, PgBouncer::ADMIN_PASSWORD), &log);
+    let status = common::wait_until(
+        "before-stop",
+        HOOK_TIMEOUT,
+        Duration::from_millis(20),
+        || child.try_wait().unwrap(),
+    );
+    let done = summary(&read(&log));
+    assert!(status.success(), "{}", read(&log));
+    assert_eq!(done["uncertain"], 1, "{done}");
+    assert_eq!(done["failed"], 0, "{done}");
+    long.expect_success(Duration::from_secs(10));
+    assert!(
+        pgb.is_paused(),
+        "the cut PAUSE did land: PgBouncer must be paused"
+    );
+    // Nobody resumes: the net, armed for a PAUSE that may have landed, must.
+    common::wait_until(
+        "the safety net's RESUME",
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || (!pgb.is_paused()).then_some(()),
+    );
+    common::spawn_psql(&pgb.app_url(), "SELECT 1").expect_success(Duration::from_secs(5));
+}
+
+#[test]
+fn without_fork_the_callback_resumes_in_its_own_process() {
+    // RLIMIT_NPROC counts every process of the user: with user postgres running Postgres and
+    // PgBouncer, a limit of 1 makes every fork of the hook fail, as a pids limit would.
+    let pg = Postgres::start_primary();
+    let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
+    pgb.admin("PAUSE").unwrap();
+    let mut cmd = common::client("setpriv");
+    cmd.args([
+        "--reuid=postgres",
+        "--regid=postgres",
+        "--clear-groups",
+        "--",
+    ])
+    .args(["prlimit", "--nproc=1:1", "--"])
+    .arg(common::bin("on-role-change"))
+    .args(["--postgres", &pg.url(), "--pgbouncer", &pgb.admin_url()])
+    .args(["--log-format", "json", "on_role_change", "primary", "demo"])
+    .env("PGBOUNCER_PASSWORD", PgBouncer::ADMIN_PASSWORD)
+    .current_dir("/");
+    let (out, stderr) = run(cmd);
+    assert_ok(&out, &stderr);
+    let done = summary(&stderr);
+    assert_eq!(done["outcome"], "resumed", "{done}");
+    assert!(
+        stderr.contains("cannot start the detached worker"),
+        "{stderr}"
+    );
+    assert!(!pgb.is_paused(), "{stderr}");
+}
+
+#[test]
+fn a_stale_route_resumes_only_if_this_member_is_still_primary() {
+    let mut local = Postgres::start_primary();
+    // Another cluster altogether: the route never reaches `local`.
+    let elsewhere = Postgres::start_primary();
+    let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", local.port);
+    pgb.admin("PAUSE").unwrap();
+    let cmd = on_role_change(
+        &local,
+        &[&pgb],
+        &[
+            "--upstream",
+            &elsewhere.url(),
+            "--route-timeout",
+            "2s",
+            "--no-detach",
+            "--log-format",
+            "json",
+            "on_role_change",
+            "primary",
+            "demo",
+        ],
+    );
+    let mut hook = common::spawn_bg(cmd);
+    std::thread::sleep(Duration::from_millis(700));
+    // This member goes away while its route is still stale.
+    local.stop();
+    let out = hook
+        .wait_timeout(HOOK_TIMEOUT)
+        .expect("on-role-change")
+        .clone();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(summary(&stderr)["outcome"], "not resumed", "{stderr}");
+    assert!(
+        pgb.is_paused(),
+        "resumed although this member is gone: {stderr}"
+    );
+    pgb.admin("RESUME").unwrap();
+}
+
+#[test]
+fn the_1_18_safety_net_does_not_fill_pgbouncer_s_log() {
+    let pg = Postgres::start_primary();
+    let pgb = PgBouncer::start(PgBouncerBuild::Debian, "127.0.0.1", pg.port);
+    let log = pgb.dir.join("before-stop-net.log");
+    let view = leader_view(&pgb.dir, "m1").display().to_string();
+    let url = pgb.admin_url();
+    let args = [
+        "--member",
+        "m1",
+        "--list-tsv",
+        &view,
+        "--pgbouncer",
+        &url,
+        "--max-pause",
+        "3s",
+    ];
+    let mut child = spawn_logged(hook("before-stop", &args, PgBouncer::ADMIN_PASSWORD), &log);
+    common::wait_until(
+        "before-stop",
+        HOOK_TIMEOUT,
+        Duration::from_millis(20),
+        || child.try_wait().unwrap(),
+    );
+    common::wait_until(
+        "the safety net's RESUME",
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || (!pgb.is_paused()).then_some(()),
+    );
+    let errors = pgb
+        .log()
+        .lines()
+        .filter(|l| l.contains("ERROR invalid command 'SHOW STATE'"))
+        .count();
+    // One probe tells the net there is no SHOW STATE; it used to ask every 500 ms.
+    assert!(
+        errors <= 1,
+        "{errors} SHOW STATE errors in PgBouncer's log:\n{}",
+        pgb.log()
+    );
+}
+
+#[test]
+fn a_promotion_wait_whose_login_is_refused_backs_off() {
+    let pg = Postgres::start_primary();
+    let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
+    // The harness's Postgres trusts every local login: a role that does not exist is the
+    // login it refuses, as it would a wrong password.
+    let wrong = format!("postgresql://nosuch@127.0.0.1:{}/postgres", pg.port);
+    let refused = "role \"nosuch\" does not exist";
+    let before = pg.log().matches(refused).count();
+    let mut cmd = hook(
+        "on-role-change",
+        &[
+            "--postgres",
+            &wrong,
+            "--pgbouncer",
+            &pgb.admin_url(),
+            "--promote-timeout",
+            "3s",
+            "--no-detach",
+            "--log-format",
+            "json",
+            "on_role_change",
+            "primary",
+            "demo",
+        ],
+        PgBouncer::ADMIN_PASSWORD,
+    );
+    cmd.env("PGCONNECT_TIMEOUT", "2");
+    let (out, stderr) = run(cmd);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(summary(&stderr)["outcome"], "not resumed", "{stderr}");
+    let logins = pg.log().matches(refused).count() - before;
+    // 10 ms, doubling to 1 s: about 9 tries in 3 s (it was one every ~15 ms, 200 in 3 s).
+    assert!((2..=12).contains(&logins), "{logins} failed logins in 3 s");
+}
+
+#[test]
+fn check_warns_when_a_late_route_would_cost_server_login_retry() {
+    let pg = Postgres::start_primary();
+    let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
+    pgb.admin("SET server_login_retry = 15").unwrap();
+    let warned = |extra: &[&str]| {
+        let mut args = vec!["--check", "--log-format", "json"];
+        args.extend_from_slice(extra);
+        let (out, stderr) = run(on_role_change(&pg, &[&pgb], &args));
+        assert_ok(&out, &stderr);
+        events(&stderr).iter().any(|e| e["warning"] == "late-route")
+    };
+    assert!(
+        warned(&[]),
+        "no warning without --upstream and with server_login_retry = 15"
+    );
+    assert!(
+        !warned(&["--upstream", &pg.url()]),
+        "warned although the route is checked"
+    );
+    pgb.admin("SET server_login_retry = 1").unwrap();
+    assert!(!warned(&[]), "warned although server_login_retry = 1");
 }
