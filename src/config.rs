@@ -1,95 +1,14 @@
-//! Flags shared by both hooks, and the small parsers behind them.
-//!
-//! Every flag has an environment variable because Patroni runs the hooks from a single
-//! command string in its YAML: env vars on the Patroni container are the easy place to
-//! configure them, and the only safe place for secrets.
+//! The small parsers behind the command lines, and the usage error that maps to exit 2.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use anyhow::{Context, Result};
 
 use crate::exit::UsageError;
 
-/// Where the PgBouncers are and how long to wait for them.
-#[derive(Args, Clone, Debug)]
-pub struct PgBouncerArgs {
-    /// PgBouncer admin console, e.g. postgresql://pgbouncer_admin@pgbouncer:6432/pgbouncer.
-    /// Repeatable, or a comma-separated list (a new URL starts at each `postgresql://`, so
-    /// multi-host URLs and commas in passwords survive). Every address the host resolves to is
-    /// a target (a headless Service lists every PgBouncer pod). The password comes best from
-    /// --pgbouncer-password-file (a mounted Secret); PGBOUNCER_PASSWORD works but Patroni hands
-    /// its environment on to every Postgres backend; a password in the URL shows in `ps`.
-    /// Plain TCP only: sslmode=require and stricter are refused.
-    #[arg(
-        long = "pgbouncer",
-        value_name = "URL",
-        env = "PGBOUNCER_URLS",
-        hide_env_values = true
-    )]
-    pub urls: Vec<String>,
-
-    /// File holding the admin password (a mounted Secret); used when PGBOUNCER_PASSWORD is unset.
-    #[arg(long, value_name = "PATH", env = "PGBOUNCER_PASSWORD_FILE")]
-    pub pgbouncer_password_file: Option<PathBuf>,
-
-    /// Bounds connecting and authenticating to each PgBouncer.
-    #[arg(long, value_name = "DURATION", env = "HOOKS_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
-    pub connect_timeout: Duration,
-
-    /// Bounds each admin command other than PAUSE (RESUME, SHOW).
-    #[arg(long, value_name = "DURATION", env = "HOOKS_COMMAND_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
-    pub command_timeout: Duration,
-}
-
-impl PgBouncerArgs {
-    /// The admin password, from the environment or the file; never from a flag.
-    pub fn password(&self) -> Result<Option<String>> {
-        if let Ok(password) = std::env::var("PGBOUNCER_PASSWORD") {
-            if !password.is_empty() {
-                return Ok(Some(password));
-            }
-        }
-        match &self.pgbouncer_password_file {
-            None => Ok(None),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| {
-                    format!("cannot read --pgbouncer-password-file {}", path.display())
-                })?;
-                let password = text.trim_end_matches(['\r', '\n']).to_string();
-                if password.is_empty() {
-                    bail!("--pgbouncer-password-file {} is empty", path.display());
-                }
-                Ok(Some(password))
-            }
-        }
-    }
-
-    /// The parsed `--pgbouncer` URLs; a bad URL is a usage error, and so is none at all when
-    /// `required` (only a dry run may go without). `verb` names what they are for.
-    pub fn parsed_urls(&self, verb: &str, required: bool) -> Result<Vec<crate::pgbouncer::Url>> {
-        let urls = self
-            .urls
-            .iter()
-            .flat_map(|u| crate::conninfo::split_url_list(u))
-            .map(|u| crate::pgbouncer::Url::parse(&u).map_err(|e| usage(format!("{e:#}"))))
-            .collect::<Result<Vec<_>>>()?;
-        if urls.is_empty() && required {
-            return Err(usage(format!(
-                "no PgBouncer to {verb}: set --pgbouncer or PGBOUNCER_URLS"
-            )));
-        }
-        if self.password_in_argv() {
-            tracing::warn!("a --pgbouncer URL carries a password, visible in `ps`: use PGBOUNCER_PASSWORD_FILE instead");
-        }
-        Ok(urls)
-    }
-
-    /// Whether any URL given on the command line carries a password (visible in `ps`).
-    pub fn password_in_argv(&self) -> bool {
-        std::env::args().any(|arg| arg.contains("://") && url_has_password(&arg))
-    }
+/// Whether any URL among the process' arguments carries a password (visible in `ps`).
+pub fn password_in_argv() -> bool {
+    std::env::args().any(|arg| arg.contains("://") && url_has_password(&arg))
 }
 
 fn url_has_password(url: &str) -> bool {
@@ -104,34 +23,6 @@ fn url_has_password(url: &str) -> bool {
         || query
             .split('&')
             .any(|pair| pair.to_ascii_lowercase().starts_with("password="))
-}
-
-/// Flags every run has.
-#[derive(Args, Clone, Debug)]
-pub struct CommonArgs {
-    /// Read everything and decide, but send nothing; print one JSON object on stdout.
-    #[arg(long, env = "HOOKS_DRY_RUN")]
-    pub dry_run: bool,
-
-    /// Preflight: connect to every target (and the local Postgres) without changing anything,
-    /// report what would stop a real switchover, exit 0 only when it would work.
-    #[arg(long, env = "HOOKS_CHECK", conflicts_with = "dry_run")]
-    pub check: bool,
-
-    /// Log format on stderr; RUST_LOG sets the level (default info).
-    #[arg(
-        long,
-        value_name = "FORMAT",
-        env = "HOOKS_LOG_FORMAT",
-        default_value = "text"
-    )]
-    pub log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// Parses `500ms`, `10s`, `2m`, `1.5s` or a bare number of seconds.

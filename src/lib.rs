@@ -6,15 +6,17 @@
 //! tested with tables and property tests; I/O lives in [`pgbouncer`], [`postgres`] and
 //! [`patronictl::Patronictl`], [`patroni_api`], [`route`] and [`safety`].
 
+pub mod before_stop;
 pub mod config;
 pub mod conninfo;
 pub mod decision;
 pub mod detach;
 pub mod exit;
+pub mod fleet;
 pub mod logging;
+pub mod on_role_change;
 pub mod patroni_api;
 pub mod patronictl;
-pub mod pause;
 pub mod pgbouncer;
 pub mod postgres;
 pub mod report;

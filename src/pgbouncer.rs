@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio_postgres::config::Host;
@@ -34,6 +34,13 @@ impl std::fmt::Debug for Target {
 pub struct Url {
     pub shown: String,
     config: Config,
+}
+
+/// Debug shows the URL as it may be logged: never the password.
+impl std::fmt::Debug for Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
 }
 
 impl Url {
@@ -330,52 +337,6 @@ fn admin_error(command: &str, message: &str) -> anyhow::Error {
     anyhow!("{command} failed: {message}{hint}")
 }
 
-/// One target's result, with how long it took.
-pub struct Outcome<T> {
-    pub target: Target,
-    pub result: Result<T>,
-    pub elapsed: Duration,
-}
-
-/// Runs `work` against every target at once and collects every outcome, in target order.
-pub async fn each<T, F, Fut>(targets: &[Target], work: F) -> Vec<Outcome<T>>
-where
-    T: Send + 'static,
-    F: Fn(Target) -> Fut,
-    Fut: std::future::Future<Output = Result<T>> + Send + 'static,
-{
-    let mut set = tokio::task::JoinSet::new();
-    for (index, target) in targets.iter().enumerate() {
-        let future = work(target.clone());
-        set.spawn(async move {
-            let started = Instant::now();
-            let result = future.await;
-            (index, result, started.elapsed())
-        });
-    }
-    let mut outcomes: Vec<Option<Outcome<T>>> = targets.iter().map(|_| None).collect();
-    while let Some(joined) = set.join_next().await {
-        if let Ok((index, result, elapsed)) = joined {
-            outcomes[index] = Some(Outcome {
-                target: targets[index].clone(),
-                result,
-                elapsed,
-            });
-        }
-    }
-    outcomes
-        .into_iter()
-        .zip(targets)
-        .map(|(outcome, target)| {
-            outcome.unwrap_or_else(|| Outcome {
-                target: target.clone(),
-                result: Err(anyhow!("the task driving this target failed")),
-                elapsed: Duration::ZERO,
-            })
-        })
-        .collect()
-}
-
 /// Resolves every URL at once (one slow name must not delay the others), each bounded by
 /// `timeout`; a URL that does not resolve is reported, the others still count.
 pub async fn resolve_all(
@@ -499,7 +460,7 @@ mod tests {
             "host=h sslmode=verify-ca password=s3cret",
             "postgresql://a@h/pgbouncer?channel_binding=require",
         ] {
-            let err = Url::parse(text).err().expect(text);
+            let err = Url::parse(text).expect_err(text);
             let line = format!("{err:#}");
             assert!(line.contains("needs TLS"), "{line}");
             assert!(!line.contains("s3cret"), "{line}");

@@ -16,9 +16,10 @@ use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
 
 use crate::conninfo::{describe, refuse_tls, refuse_tls_settings};
 
-/// Where the local Postgres is, with a printable form that never holds the password.
+/// A Postgres server to ask (this member's own, or an upstream address that PgBouncer uses),
+/// with a printable form that never holds the password.
 #[derive(Clone)]
-pub struct Local {
+pub struct Server {
     pub shown: String,
     pub config: Config,
 }
@@ -30,9 +31,9 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-impl Local {
+impl Server {
     /// `--postgres URL`, else `PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE`, `PGPASSWORD`, `PGPASSFILE`.
-    pub fn from_url_or_env(url: Option<&str>, env: &Env) -> Result<Local> {
+    pub fn from_url_or_env(url: Option<&str>, env: &Env) -> Result<Server> {
         if let Some(url) = url {
             refuse_tls(url)?;
         }
@@ -112,7 +113,7 @@ impl Local {
             }
         }
         let shown = show(&config);
-        Ok(Local { shown, config })
+        Ok(Server { shown, config })
     }
 
     pub async fn connect(&self, timeout: Duration) -> Result<Client> {
@@ -258,7 +259,7 @@ pub struct Waited {
 /// only when it breaks (the server may restart during promotion). Sleeps `poll` between
 /// tries, so it never spins, and gives up at `timeout`.
 pub async fn wait_until_primary(
-    local: &Local,
+    local: &Server,
     poll: Duration,
     timeout: Duration,
 ) -> Result<Waited> {
@@ -336,7 +337,7 @@ mod tests {
 
     #[test]
     fn libpq_variables() {
-        let local = Local::from_url_or_env(
+        let local = Server::from_url_or_env(
             None,
             &env(&[
                 ("PGHOST", "/run/pg"),
@@ -353,7 +354,7 @@ mod tests {
 
     #[test]
     fn url_wins_over_variables() {
-        let local = Local::from_url_or_env(
+        let local = Server::from_url_or_env(
             Some("postgresql://a@127.0.0.1:6000/db"),
             &env(&[("PGHOST", "/run/pg"), ("PGPORT", "5433")]),
         )
@@ -363,7 +364,7 @@ mod tests {
 
     #[test]
     fn bad_port_is_named() {
-        let err = Local::from_url_or_env(None, &env(&[("PGPORT", "x")]))
+        let err = Server::from_url_or_env(None, &env(&[("PGPORT", "x")]))
             .err()
             .unwrap();
         assert!(err.to_string().contains("PGPORT=\"x\""), "{err}");
@@ -372,7 +373,7 @@ mod tests {
     #[test]
     fn required_tls_is_refused_from_url_or_variables() {
         let err = |url: Option<&str>, vars: &[(&str, &str)]| {
-            Local::from_url_or_env(url, &env(vars))
+            Server::from_url_or_env(url, &env(vars))
                 .err()
                 .map(|e| format!("{e:#}"))
                 .unwrap_or_default()
@@ -381,10 +382,10 @@ mod tests {
         assert!(!err(Some("postgresql://u:pw@h/db?sslmode=require"), &[]).contains("pw@"));
         assert!(err(None, &[("PGSSLMODE", "verify-full")]).contains("PGSSLMODE"));
         assert!(err(None, &[("PGCHANNELBINDING", "require")]).contains("PGCHANNELBINDING"));
-        let local = Local::from_url_or_env(None, &env(&[("PGSSLMODE", "disable")])).unwrap();
+        let local = Server::from_url_or_env(None, &env(&[("PGSSLMODE", "disable")])).unwrap();
         assert_eq!(local.config.get_ssl_mode(), SslMode::Disable);
         assert!(
-            Local::from_url_or_env(Some("postgresql://h/db?sslmode=prefer"), &env(&[])).is_ok()
+            Server::from_url_or_env(Some("postgresql://h/db?sslmode=prefer"), &env(&[])).is_ok()
         );
     }
 

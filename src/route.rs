@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::postgres::Local;
+use crate::postgres::Server;
 
 /// What makes one server distinguishable from another member of the same cluster: the
 /// cluster's system identifier is shared by all members, the postmaster start time is not.
@@ -77,9 +77,9 @@ const MIN_ROUTE_POLL: Duration = Duration::from_millis(25);
 /// for promotion, so a route that is already right costs nothing after it. Never fails: a
 /// stale route is logged loudly and RESUME goes ahead, since a pause that never ends is worse.
 pub async fn wait_for_route(
-    local: &Local,
+    local: &Server,
     writable: bool,
-    upstreams: &[Local],
+    upstreams: &[Server],
     poll: Duration,
     timeout: Duration,
 ) -> bool {
@@ -103,7 +103,7 @@ pub async fn wait_for_route(
     };
     let poll = poll.max(MIN_ROUTE_POLL);
     let max_polls = timeout.as_millis() / poll.as_millis() + 2;
-    let mut pending: Vec<&Local> = upstreams.iter().collect();
+    let mut pending: Vec<&Server> = upstreams.iter().collect();
     let mut last = String::from("not polled");
     for round in 0..max_polls {
         // The first round always runs; a later one only with time left, so the loud

@@ -63,7 +63,7 @@ struct Outcome {
     long_txn: Option<Result<(), String>>,
     /// when the action (and its wait for a healthy cluster) ended
     action_done: i64,
-    /// before-stop's "Patroni REST API failed, using patronictl instead" lines
+    /// before-stop summaries whose view came from patronictl (REST failed or lost the race)
     rest_fallbacks: Vec<String>,
 }
 

@@ -196,7 +196,9 @@ pub fn switchover_run(c: &mut Cluster, hooks: Hooks, secs: u64, warmup: Duration
             st.before_stop.read_view_ms = kv_num(l, "read_view_ms");
             st.before_stop.summary = l.to_string();
         }
-        st.rest_fallback = log_from.contains(REST_FALLBACK);
+        st.rest_fallback = log_from
+            .lines()
+            .any(|l| l.contains("before-stop done") && l.contains(REST_FALLBACK));
         if let Some(l) = log_to
             .lines()
             .find(|l| l.contains("on-role-change done") && l.contains("resume"))

@@ -26,9 +26,9 @@ pub const ADMIN_PASSWORD: &str = "admin-secret";
 pub const SUPER_PASSWORD: &str = "super-secret";
 pub const REPL_PASSWORD: &str = "repl-secret";
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-/// What before-stop logs when the REST API fails and it falls back to patronictl.
-/// Both of before-stop's fallback lines (REST failed / REST silent, patronictl won the race).
-pub const REST_FALLBACK: &str = "patronictl instead";
+/// The field of before-stop's summary event (`before-stop done`) when the view came from
+/// patronictl: with the REST API configured, that means REST failed or lost the race.
+pub const REST_FALLBACK: &str = "source=\"patronictl\"";
 
 /// How the hooks are wired into Patroni.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -996,7 +996,7 @@ ignore_startup_parameters = extra_float_digits
             .flat_map(|m| {
                 read(&m.patroni_log())
                     .lines()
-                    .filter(|l| l.contains(REST_FALLBACK))
+                    .filter(|l| l.contains("before-stop done") && l.contains(REST_FALLBACK))
                     .map(|l| format!("{}: {l}", m.name))
                     .collect::<Vec<_>>()
             })

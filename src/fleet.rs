@@ -1,16 +1,134 @@
-//! PAUSE and RESUME across every PgBouncer at once, each target's outcome logged as one line.
+//! Every PgBouncer at once: resolve each URL (a headless Service name is every pod), drive all
+//! targets concurrently, and log one outcome line per target. PAUSE, RESUME, the preflight and
+//! the safety net are the four jobs; each is only what it does to one PgBouncer.
 //!
-//! All targets are driven concurrently: with several PgBouncer pods the stall must be the
-//! slowest one's, not their sum.
+//! Concurrency matters: with several PgBouncer pods the stall must be the slowest one's, not
+//! their sum.
 
+use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::{anyhow, bail, Context, Result};
 use tokio::time::Instant;
 
-use anyhow::Result;
+use crate::pgbouncer::{self, Admin, Answer, Paused, Target, Url};
 
-use crate::config::PgBouncerArgs;
-use crate::pgbouncer::{self, Admin, Answer, Paused, Url};
+/// Where the admin password comes from: `PGBOUNCER_PASSWORD`, else a file. Read when a job
+/// needs it, so a dry run never touches the secret.
+#[derive(Clone, Debug, Default)]
+pub struct Password {
+    pub file: Option<PathBuf>,
+}
+
+impl Password {
+    pub fn read(&self) -> Result<Option<String>> {
+        if let Ok(password) = std::env::var("PGBOUNCER_PASSWORD") {
+            if !password.is_empty() {
+                return Ok(Some(password));
+            }
+        }
+        let Some(path) = &self.file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --pgbouncer-password-file {}", path.display()))?;
+        let password = text.trim_end_matches(['\r', '\n']).to_string();
+        if password.is_empty() {
+            bail!("--pgbouncer-password-file {} is empty", path.display());
+        }
+        Ok(Some(password))
+    }
+}
+
+/// The PgBouncers and how long to wait for each.
+#[derive(Clone, Debug)]
+pub struct Fleet {
+    pub urls: Vec<Url>,
+    pub password: Password,
+    /// Bounds resolving, connecting and authenticating, per target.
+    pub connect_timeout: Duration,
+    /// Bounds each admin command other than PAUSE.
+    pub command_timeout: Duration,
+}
+
+/// One target's result, with how long it took.
+pub struct Outcome<T> {
+    pub target: Target,
+    pub result: Result<T>,
+    pub elapsed: Duration,
+}
+
+impl Fleet {
+    /// The addresses as they may be logged (no password), unresolved.
+    pub fn shown(&self) -> Vec<String> {
+        self.urls.iter().map(|u| u.shown.clone()).collect()
+    }
+
+    /// Resolves every URL (bounded by `resolve_within` as well as the connect timeout), runs
+    /// `work` against every target at once, and returns one outcome per target, in order,
+    /// plus one line per URL that did not resolve.
+    pub async fn drive<T, F, Fut>(
+        &self,
+        resolve_within: Duration,
+        work: F,
+    ) -> Result<(Vec<Outcome<T>>, Vec<String>)>
+    where
+        T: Send + 'static,
+        F: Fn(Target) -> Fut,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+    {
+        let password = self.password.read()?;
+        let (targets, unresolved) = pgbouncer::resolve_all(
+            &self.urls,
+            password.as_deref(),
+            self.connect_timeout.min(resolve_within),
+        )
+        .await;
+        Ok((each(&targets, work).await, unresolved))
+    }
+}
+
+/// Runs `work` against every target at once and collects every outcome, in target order.
+async fn each<T, F, Fut>(targets: &[Target], work: F) -> Vec<Outcome<T>>
+where
+    T: Send + 'static,
+    F: Fn(Target) -> Fut,
+    Fut: Future<Output = Result<T>> + Send + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    for (index, target) in targets.iter().enumerate() {
+        let future = work(target.clone());
+        set.spawn(async move {
+            let started = Instant::now();
+            let result = future.await;
+            (index, result, started.elapsed())
+        });
+    }
+    let mut outcomes: Vec<Option<Outcome<T>>> = targets.iter().map(|_| None).collect();
+    while let Some(joined) = set.join_next().await {
+        if let Ok((index, result, elapsed)) = joined {
+            outcomes[index] = Some(Outcome {
+                target: targets[index].clone(),
+                result,
+                elapsed,
+            });
+        }
+    }
+    outcomes
+        .into_iter()
+        .zip(targets)
+        .map(|(outcome, target)| {
+            outcome.unwrap_or_else(|| Outcome {
+                target: target.clone(),
+                result: Err(anyhow!("the task driving this target failed")),
+                elapsed: Duration::ZERO,
+            })
+        })
+        .collect()
+}
+
+// ------------------------------------------------------------------------------ PAUSE
 
 #[derive(Debug, Default)]
 pub struct PauseResult {
@@ -43,15 +161,25 @@ enum PauseOutcome {
 /// after the connection closes, Postgres' fast shutdown ends the long transactions, and the
 /// queued clients then wait for RESUME on the new primary.
 pub async fn pause_all(
-    urls: &[Url],
-    password: Option<&str>,
-    args: &PgBouncerArgs,
+    fleet: &Fleet,
     pause_timeout: Duration,
     until: Instant,
-) -> PauseResult {
-    let left = || until.saturating_duration_since(Instant::now());
-    let (targets, unresolved) =
-        pgbouncer::resolve_all(urls, password, args.connect_timeout.min(left())).await;
+) -> Result<PauseResult> {
+    let connect_timeout = fleet.connect_timeout;
+    let left = until.saturating_duration_since(Instant::now());
+    let (outcomes, unresolved) = fleet
+        .drive(left, |target| async move {
+            let left = until.saturating_duration_since(Instant::now());
+            let admin = Admin::connect(&target, connect_timeout.min(left)).await?;
+            let left = until.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(pause_timeout.min(left), admin.pause()).await {
+                Ok(Ok(Paused::Yes(answer))) => Ok(PauseOutcome::Paused(answer)),
+                Ok(Ok(Paused::Maybe(why))) => Ok(PauseOutcome::Uncertain(why)),
+                Ok(Err(err)) => Err(err),
+                Err(_) => Ok(PauseOutcome::Draining),
+            }
+        })
+        .await?;
     let mut result = PauseResult {
         failed: unresolved.len(),
         ..PauseResult::default()
@@ -59,19 +187,6 @@ pub async fn pause_all(
     for problem in unresolved {
         tracing::error!(command = "PAUSE", result = "failed", "{problem}");
     }
-    let connect_timeout = args.connect_timeout;
-    let outcomes = pgbouncer::each(&targets, |target| async move {
-        let left = until.saturating_duration_since(Instant::now());
-        let admin = Admin::connect(&target, connect_timeout.min(left)).await?;
-        let left = until.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(pause_timeout.min(left), admin.pause()).await {
-            Ok(Ok(Paused::Yes(answer))) => Ok(PauseOutcome::Paused(answer)),
-            Ok(Ok(Paused::Maybe(why))) => Ok(PauseOutcome::Uncertain(why)),
-            Ok(Err(err)) => Err(err),
-            Err(_) => Ok(PauseOutcome::Draining),
-        }
-    })
-    .await;
     for outcome in outcomes {
         let ms = outcome.elapsed.as_millis() as u64;
         let pgbouncer = outcome.target.shown.as_str();
@@ -123,8 +238,10 @@ pub async fn pause_all(
             }
         }
     }
-    result
+    Ok(result)
 }
+
+// ----------------------------------------------------------------------------- RESUME
 
 #[derive(Debug, Default)]
 pub struct ResumeResult {
@@ -142,12 +259,33 @@ struct ResumeOutcome {
 }
 
 /// Sends RESUME everywhere, then checks with SHOW STATE that no PgBouncer is still paused.
-pub async fn resume_all(
-    urls: &[Url],
-    password: Option<&str>,
-    args: &PgBouncerArgs,
-) -> ResumeResult {
-    let (targets, unresolved) = pgbouncer::resolve_all(urls, password, args.connect_timeout).await;
+pub async fn resume_all(fleet: &Fleet) -> Result<ResumeResult> {
+    let (connect_timeout, command_timeout) = (fleet.connect_timeout, fleet.command_timeout);
+    let (outcomes, unresolved) = fleet
+        .drive(connect_timeout, |target| async move {
+            let admin = Admin::connect(&target, connect_timeout).await?;
+            let bounded = |what: &'static str| {
+                move |_| anyhow!("{what} got no answer within {command_timeout:?}")
+            };
+            let answer = tokio::time::timeout(command_timeout, admin.resume())
+                .await
+                .map_err(bounded("RESUME"))??;
+            match tokio::time::timeout(command_timeout, admin.state())
+                .await
+                .map_err(bounded("SHOW STATE"))??
+            {
+                Some(state) if state.paused || state.suspended => bail!(
+                    "RESUME answered but SHOW STATE still says paused={} suspended={}",
+                    state.paused,
+                    state.suspended
+                ),
+                state => Ok(ResumeOutcome {
+                    answer,
+                    verified: state.is_some(),
+                }),
+            }
+        })
+        .await?;
     let mut result = ResumeResult {
         failed: unresolved.len(),
         ..ResumeResult::default()
@@ -155,33 +293,6 @@ pub async fn resume_all(
     for problem in unresolved {
         tracing::error!(command = "RESUME", result = "failed", "{problem}");
     }
-    let (connect_timeout, command_timeout) = (args.connect_timeout, args.command_timeout);
-    let outcomes = pgbouncer::each(&targets, |target| async move {
-        let admin = Admin::connect(&target, connect_timeout).await?;
-        let bounded = |what: &'static str| {
-            move |_| anyhow::anyhow!("{what} got no answer within {command_timeout:?}")
-        };
-        let answer = tokio::time::timeout(command_timeout, admin.resume())
-            .await
-            .map_err(bounded("RESUME"))??;
-        match tokio::time::timeout(command_timeout, admin.state())
-            .await
-            .map_err(bounded("SHOW STATE"))??
-        {
-            Some(state) if state.paused || state.suspended => {
-                anyhow::bail!(
-                    "RESUME answered but SHOW STATE still says paused={} suspended={}",
-                    state.paused,
-                    state.suspended
-                )
-            }
-            state => Ok(ResumeOutcome {
-                answer,
-                verified: state.is_some(),
-            }),
-        }
-    })
-    .await;
     for outcome in outcomes {
         let ms = outcome.elapsed.as_millis() as u64;
         let pgbouncer = outcome.target.shown.as_str();
@@ -219,44 +330,44 @@ pub async fn resume_all(
             }
         }
     }
-    result
+    Ok(result)
 }
+
+// -------------------------------------------------------------------------- preflight
 
 /// `--check`: reach every target and report what would stop a real switchover.
 /// `route_checked`: whether RESUME waits for the route (on-role-change `--upstream`); when it
 /// does not, a slow `server_login_retry` is worth a warning.
-pub async fn preflight(
-    urls: &[Url],
-    password: Option<&str>,
-    args: &PgBouncerArgs,
-    route_checked: bool,
-) -> bool {
-    if urls.is_empty() {
+pub async fn preflight(fleet: &Fleet, route_checked: bool) -> bool {
+    if fleet.urls.is_empty() {
         tracing::error!("check: no PgBouncer configured: set --pgbouncer or PGBOUNCER_URLS");
         return false;
     }
-    let (targets, unresolved) = pgbouncer::resolve_all(urls, password, args.connect_timeout).await;
+    let (connect_timeout, command_timeout) = (fleet.connect_timeout, fleet.command_timeout);
+    let driven = fleet
+        .drive(connect_timeout, |target| async move {
+            let admin = Admin::connect(&target, connect_timeout).await?;
+            tokio::time::timeout(command_timeout, inspect(&admin))
+                .await
+                .map_err(|_| anyhow!("admin commands got no answer within {command_timeout:?}"))?
+        })
+        .await;
+    let (outcomes, unresolved) = match driven {
+        Ok(driven) => driven,
+        Err(err) => {
+            tracing::error!("check: {err:#}");
+            return false;
+        }
+    };
     let mut ok = unresolved.is_empty();
     for problem in unresolved {
         tracing::error!("check: {problem}");
     }
-    let (connect_timeout, command_timeout) = (args.connect_timeout, args.command_timeout);
-    let outcomes = pgbouncer::each(&targets, |target| async move {
-        let admin = Admin::connect(&target, connect_timeout).await?;
-        let report = tokio::time::timeout(command_timeout, inspect(&admin))
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!("admin commands got no answer within {command_timeout:?}")
-            })??;
-        Ok(report)
-    })
-    .await;
     for outcome in outcomes {
         let pgbouncer = outcome.target.shown.as_str();
         match outcome.result {
             Ok(report) => {
-                let good = report.problems.is_empty();
-                ok &= good;
+                ok &= report.problems.is_empty();
                 tracing::info!(
                     pgbouncer,
                     version = %report.version,
@@ -268,24 +379,11 @@ pub async fn preflight(
                 for warning in &report.warnings {
                     tracing::warn!(pgbouncer, "check: {warning}");
                 }
-                if !route_checked {
-                    match report.server_login_retry {
-                        Some(retry) if retry <= MAX_LOGIN_RETRY => tracing::info!(
-                            pgbouncer,
-                            server_login_retry = retry,
-                            "check: no route check, but server_login_retry is {retry} s: a RESUME that beats the route costs about that"
-                        ),
-                        retry => tracing::warn!(
-                            pgbouncer,
-                            warning = "late-route",
-                            server_login_retry = retry.unwrap_or(15.0),
-                            "check: neither a route check (on-role-change --upstream) nor a short server_login_retry (it is {} s): a RESUME that reaches PgBouncer before its route to the new primary stalls clients that long; set server_login_retry = 1 and --upstream",
-                            retry.map_or("unknown".to_string(), |r| r.to_string())
-                        ),
-                    }
-                }
                 for problem in &report.problems {
                     tracing::error!(pgbouncer, "check: {problem}");
+                }
+                if !route_checked {
+                    report_login_retry(pgbouncer, report.server_login_retry);
                 }
             }
             Err(err) => {
@@ -299,6 +397,23 @@ pub async fn preflight(
 
 /// A `server_login_retry` up to this (seconds) keeps a too-early RESUME cheap.
 const MAX_LOGIN_RETRY: f64 = 1.0;
+
+fn report_login_retry(pgbouncer: &str, retry: Option<f64>) {
+    match retry {
+        Some(retry) if retry <= MAX_LOGIN_RETRY => tracing::info!(
+            pgbouncer,
+            server_login_retry = retry,
+            "check: no route check, but server_login_retry is {retry} s: a RESUME that beats the route costs about that"
+        ),
+        retry => tracing::warn!(
+            pgbouncer,
+            warning = "late-route",
+            server_login_retry = retry.unwrap_or(15.0),
+            "check: neither a route check (on-role-change --upstream) nor a short server_login_retry (it is {} s): a RESUME that reaches PgBouncer before its route to the new primary stalls clients that long; set server_login_retry = 1 and --upstream",
+            retry.map_or("unknown".to_string(), |r| r.to_string())
+        ),
+    }
+}
 
 struct Inspection {
     server_login_retry: Option<f64>,
@@ -391,5 +506,28 @@ mod tests {
         for (text, want) in table {
             assert_eq!(login_retry_seconds(text), want, "{text:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn outcomes_keep_target_order_whatever_finishes_first() {
+        let url =
+            Url::parse("postgresql://a@127.0.0.1:1,127.0.0.2:2,127.0.0.3:3/pgbouncer").unwrap();
+        let fleet = Fleet {
+            urls: vec![url],
+            password: Password::default(),
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_secs(1),
+        };
+        let (outcomes, unresolved) = fleet
+            .drive(Duration::from_secs(1), |target| async move {
+                let last: u64 = target.shown.split(':').nth(2).unwrap()[..1].parse()?;
+                tokio::time::sleep(Duration::from_millis(30 - 10 * last)).await;
+                Ok(last)
+            })
+            .await
+            .unwrap();
+        assert!(unresolved.is_empty());
+        let order: Vec<u64> = outcomes.into_iter().map(|o| o.result.unwrap()).collect();
+        assert_eq!(order, [1, 2, 3]);
     }
 }
