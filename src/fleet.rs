@@ -259,30 +259,24 @@ struct ResumeOutcome {
 }
 
 /// Sends RESUME everywhere, then checks with SHOW STATE that no PgBouncer is still paused.
-pub async fn resume_all(fleet: &Fleet) -> Result<ResumeResult> {
+/// A target that fails (unreachable, no answer, still paused) is tried again, backing off
+/// from 250 ms to 2 s, for `retry_for`: one lost RESUME must not leave PgBouncer paused.
+pub async fn resume_all(fleet: &Fleet, retry_for: Duration) -> Result<ResumeResult> {
     let (connect_timeout, command_timeout) = (fleet.connect_timeout, fleet.command_timeout);
     let (outcomes, unresolved) = fleet
         .drive(connect_timeout, |target| async move {
-            let admin = Admin::connect(&target, connect_timeout).await?;
-            let bounded = |what: &'static str| {
-                move |_| anyhow!("{what} got no answer within {command_timeout:?}")
-            };
-            let answer = tokio::time::timeout(command_timeout, admin.resume())
-                .await
-                .map_err(bounded("RESUME"))??;
-            match tokio::time::timeout(command_timeout, admin.state())
-                .await
-                .map_err(bounded("SHOW STATE"))??
-            {
-                Some(state) if state.paused || state.suspended => bail!(
-                    "RESUME answered but SHOW STATE still says paused={} suspended={}",
-                    state.paused,
-                    state.suspended
-                ),
-                state => Ok(ResumeOutcome {
-                    answer,
-                    verified: state.is_some(),
-                }),
+            let until = Instant::now() + retry_for;
+            let mut pause = Duration::from_millis(250);
+            loop {
+                match resume_one(&target, connect_timeout, command_timeout).await {
+                    Ok(outcome) => return Ok(outcome),
+                    Err(err) if Instant::now() + pause > until => return Err(err),
+                    Err(err) => {
+                        tracing::warn!(pgbouncer = %target.shown, command = "RESUME", result = "retrying", "RESUME failed, trying again in {pause:?}: {err:#}");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(2));
+                    }
+                }
             }
         })
         .await?;
@@ -331,6 +325,33 @@ pub async fn resume_all(fleet: &Fleet) -> Result<ResumeResult> {
         }
     }
     Ok(result)
+}
+
+async fn resume_one(
+    target: &Target,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+) -> Result<ResumeOutcome> {
+    let admin = Admin::connect(target, connect_timeout).await?;
+    let bounded =
+        |what: &'static str| move |_| anyhow!("{what} got no answer within {command_timeout:?}");
+    let answer = tokio::time::timeout(command_timeout, admin.resume())
+        .await
+        .map_err(bounded("RESUME"))??;
+    match tokio::time::timeout(command_timeout, admin.state())
+        .await
+        .map_err(bounded("SHOW STATE"))??
+    {
+        Some(state) if state.paused || state.suspended => bail!(
+            "RESUME answered but SHOW STATE still says paused={} suspended={}",
+            state.paused,
+            state.suspended
+        ),
+        state => Ok(ResumeOutcome {
+            answer,
+            verified: state.is_some(),
+        }),
+    }
 }
 
 // -------------------------------------------------------------------------- preflight

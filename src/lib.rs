@@ -23,3 +23,4 @@ pub mod report;
 pub mod route;
 pub mod safety;
 pub mod view;
+pub mod watchdog;

@@ -39,6 +39,8 @@ pub struct Settings {
     pub poll_interval: Duration,
     pub promote_timeout: Duration,
     pub route_timeout: Duration,
+    /// How long a failed RESUME is tried again.
+    pub resume_retry: Duration,
     pub process: Process,
     pub mode: Mode,
 }
@@ -156,7 +158,7 @@ async fn run_async(settings: &Settings) -> Result<u8> {
     }
 
     let resume_started = Instant::now();
-    let result = fleet::resume_all(&settings.fleet).await?;
+    let result = fleet::resume_all(&settings.fleet, settings.resume_retry).await?;
     let resume_ms = resume_started.elapsed().as_millis() as u64;
     let done = result.resumed + result.unverified;
     let ok = done > 0 && result.failed == 0;
@@ -237,6 +239,7 @@ async fn wait_for_worker(settings: &Settings, worker: detach::Worker) -> Result<
     );
     let bound = settings.promote_timeout
         + settings.route_timeout
+        + settings.resume_retry
         + 2 * (settings.fleet.connect_timeout + settings.fleet.command_timeout)
         + Duration::from_secs(10);
     let code = tokio::task::spawn_blocking(move || worker.wait(bound)).await?;

@@ -900,3 +900,200 @@ fn check_warns_when_a_late_route_would_cost_server_login_retry() {
     pgb.admin("SET server_login_retry = 1").unwrap();
     assert!(!warned(&[]), "warned although server_login_retry = 1");
 }
+
+/// A TCP proxy on `port` (0: any) whose target can be switched: each new connection goes to
+/// the target of the moment (0: refused), as a Service or HAProxy does after a failover.
+struct SwitchProxy {
+    port: u16,
+    target: std::sync::Arc<std::sync::atomic::AtomicU16>,
+}
+
+impl SwitchProxy {
+    fn start(port: u16, target: u16) -> SwitchProxy {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicU16, Ordering};
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shared = std::sync::Arc::new(AtomicU16::new(target));
+        let current = shared.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().take(500) {
+                let Ok(client) = client else { return };
+                let to = current.load(Ordering::SeqCst);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
+                for (mut from, mut into) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut into);
+                        let _ = into.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        SwitchProxy {
+            port,
+            target: shared,
+        }
+    }
+
+    fn switch_to(&self, port: u16) {
+        self.target.store(port, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn watchdog(pgb: &PgBouncer, extra: &[&str], log: &std::path::Path) -> std::process::Child {
+    let mut args = vec![
+        "--watch",
+        "--watch-interval",
+        "100ms",
+        "--watch-for",
+        "60s",
+        "--log-format",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    let url = pgb.admin_url();
+    args.extend(["--pgbouncer", &url]);
+    spawn_logged(
+        hook("on-role-change", &args, PgBouncer::ADMIN_PASSWORD),
+        log,
+    )
+}
+
+fn watchdog_resumes(log: &std::path::Path) -> Vec<serde_json::Value> {
+    events(&read(log))
+        .into_iter()
+        .filter(|e| e["event"] == "watchdog" && e["action"] == "resume")
+        .collect()
+}
+
+#[test]
+fn the_watchdog_resumes_once_the_route_reaches_a_new_primary_not_before() {
+    let mut primary = Postgres::start_primary();
+    let standby = Postgres::start_standby(&primary);
+    let route = SwitchProxy::start(0, primary.port);
+    let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", route.port);
+    let upstream = format!("postgresql://postgres@127.0.0.1:{}/postgres", route.port);
+    let log = pgb.dir.join("watchdog.log");
+    let mut dog = watchdog(&pgb, &["--upstream", &upstream, "--max-pause", "30s"], &log);
+    std::thread::sleep(Duration::from_millis(500));
+    // The outgoing primary drains and stops: the route still leads to it, then to nothing.
+    pgb.admin("PAUSE").unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        pgb.is_paused(),
+        "resumed while the old primary still answered: {}",
+        read(&log)
+    );
+    primary.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    standby.promote();
+    common::wait_until(
+        "the standby to leave recovery",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || (standby.psql("SELECT pg_is_in_recovery()") == "f").then_some(()),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        pgb.is_paused(),
+        "resumed before the route reached the new primary: {}",
+        read(&log)
+    );
+    let switched = Instant::now();
+    route.switch_to(standby.port);
+    common::wait_until(
+        "the watchdog's RESUME",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || (!pgb.is_paused()).then_some(()),
+    );
+    let took = switched.elapsed();
+    let resumes = watchdog_resumes(&log);
+    assert_eq!(resumes.len(), 1, "{}", read(&log));
+    assert_eq!(resumes[0]["reason"], "new-primary", "{}", read(&log));
+    assert!(
+        took < Duration::from_secs(2),
+        "{took:?} after the route switched"
+    );
+    common::spawn_psql(&pgb.app_url(), "SELECT 1").expect_success(Duration::from_secs(5));
+    common::signal(dog.id(), "TERM");
+    let _ = dog.wait();
+}
+
+#[test]
+fn the_watchdog_ends_any_pause_at_max_pause_and_the_next_one_again() {
+    let pg = Postgres::start_primary();
+    let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
+    let log = pgb.dir.join("watchdog.log");
+    let mut dog = watchdog(&pgb, &["--max-pause", "2s"], &log);
+    for round in 1..=2 {
+        pgb.admin("PAUSE").unwrap();
+        let paused = Instant::now();
+        common::wait_until(
+            "the watchdog's RESUME",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || (!pgb.is_paused()).then_some(()),
+        );
+        let took = paused.elapsed();
+        assert!(
+            (Duration::from_millis(1900)..Duration::from_secs(4)).contains(&took),
+            "round {round}: resumed after {took:?}"
+        );
+        assert_eq!(watchdog_resumes(&log).len(), round, "{}", read(&log));
+        assert_eq!(watchdog_resumes(&log)[round - 1]["reason"], "max-pause");
+    }
+    common::signal(dog.id(), "TERM");
+    let status = dog.wait().unwrap();
+    assert!(
+        status.success(),
+        "the watchdog must stop cleanly on SIGTERM: {status:?}"
+    );
+}
+
+#[test]
+fn a_resume_that_cannot_reach_pgbouncer_at_first_is_tried_again() {
+    let pg = Postgres::start_primary();
+    let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
+    pgb.admin("PAUSE").unwrap();
+    // The admin console's address refuses connections for the first second.
+    let port = common::free_port();
+    let url = format!(
+        "postgresql://{}@127.0.0.1:{port}/pgbouncer",
+        PgBouncer::ADMIN_USER
+    );
+    let cmd = hook(
+        "on-role-change",
+        &[
+            "--postgres",
+            &pg.url(),
+            "--pgbouncer",
+            &url,
+            "--no-detach",
+            "--log-format",
+            "json",
+            "--resume-retry",
+            "10s",
+            "on_role_change",
+            "primary",
+            "demo",
+        ],
+        PgBouncer::ADMIN_PASSWORD,
+    );
+    let mut callback = common::spawn_bg(cmd);
+    std::thread::sleep(Duration::from_secs(1));
+    let _proxy = SwitchProxy::start(port, pgb.port);
+    let out = callback
+        .wait_timeout(HOOK_TIMEOUT)
+        .expect("on-role-change")
+        .clone();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(summary(&stderr)["outcome"], "resumed", "{stderr}");
+    assert!(!pgb.is_paused(), "{stderr}");
+}

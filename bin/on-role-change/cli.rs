@@ -6,11 +6,11 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Parser;
 
-use hooks::config;
 use hooks::conninfo::split_url_list;
 use hooks::decision::Callback;
 use hooks::on_role_change::{Process, Settings};
 use hooks::postgres::{self, Server};
+use hooks::{config, watchdog};
 
 use crate::shared::{CommonArgs, PgBouncerArgs};
 
@@ -74,6 +74,31 @@ pub struct Cli {
     #[arg(long, env = "HOOKS_NO_DETACH")]
     pub no_detach: bool,
 
+    /// How long a RESUME that failed (PgBouncer unreachable, no answer, still paused) is tried
+    /// again, backing off from 250 ms to 2 s.
+    #[arg(long, value_name = "DURATION", env = "HOOKS_RESUME_RETRY", default_value = "30s", value_parser = config::parse_duration)]
+    pub resume_retry: Duration,
+
+    /// Run as the watchdog beside PgBouncer (a sidecar in its pod), until SIGTERM: RESUME as
+    /// soon as --upstream (PgBouncer's own route, checked from its own network) reaches a
+    /// writable primary other than the one before the pause, and in any case once a pause
+    /// is older than --max-pause. It survives what a Patroni member's pod does not.
+    #[arg(long, env = "HOOKS_WATCH", conflicts_with_all = ["dry_run", "check"])]
+    pub watch: bool,
+
+    /// With --watch: the longest a pause may last before the watchdog RESUMEs it.
+    #[arg(long, value_name = "DURATION", env = "HOOKS_MAX_PAUSE", default_value = "60s", value_parser = config::parse_duration)]
+    pub max_pause: Duration,
+
+    /// With --watch: how often to look while PgBouncer is paused (when it is not, the route
+    /// is sampled every 5 s).
+    #[arg(long, value_name = "DURATION", env = "HOOKS_WATCH_INTERVAL", default_value = "250ms", value_parser = config::parse_duration)]
+    pub watch_interval: Duration,
+
+    /// With --watch: stop after this long [default: run until SIGTERM].
+    #[arg(long, value_name = "DURATION", env = "HOOKS_WATCH_FOR", value_parser = config::parse_duration)]
+    pub watch_for: Option<Duration>,
+
     /// Internal: this process is the detached worker.
     #[arg(long, hide = true)]
     pub detached_worker: bool,
@@ -85,8 +110,14 @@ pub struct Cli {
     pub common: CommonArgs,
 }
 
+/// What the command line asks for.
+pub enum Job {
+    Hook(Box<Settings>),
+    Watch(Box<watchdog::Settings>),
+}
+
 impl Cli {
-    pub fn settings(self) -> Result<Settings> {
+    pub fn job(self) -> Result<Job> {
         let callback = match <[String; 3]>::try_from(self.callback) {
             Ok([action, role, scope]) => Some(Callback { action, role, scope }),
             Err(args) if args.is_empty() => None,
@@ -101,8 +132,6 @@ impl Cli {
         let fleet = self
             .pgbouncer
             .fleet("resume", mode != hooks::report::Mode::DryRun)?;
-        let local = Server::from_url_or_env(self.postgres.as_deref(), &postgres::process_env)
-            .map_err(|e| config::usage(format!("{e:#}")))?;
         let upstreams = self
             .upstream
             .iter()
@@ -112,12 +141,26 @@ impl Cli {
                     .map_err(|e| config::usage(format!("--upstream: {e:#}")))
             })
             .collect::<Result<Vec<_>>>()?;
+        if self.watch {
+            if self.max_pause.is_zero() {
+                return Err(config::usage("--watch needs a --max-pause above 0"));
+            }
+            return Ok(Job::Watch(Box::new(watchdog::Settings {
+                fleet,
+                upstreams,
+                max_pause: self.max_pause,
+                interval: self.watch_interval,
+                run_for: self.watch_for,
+            })));
+        }
+        let local = Server::from_url_or_env(self.postgres.as_deref(), &postgres::process_env)
+            .map_err(|e| config::usage(format!("{e:#}")))?;
         let process = match (self.detached_worker, self.no_detach) {
             (true, _) => Process::Worker,
             (false, true) => Process::Here,
             (false, false) => Process::Detached,
         };
-        Ok(Settings {
+        Ok(Job::Hook(Box::new(Settings {
             callback,
             local,
             upstreams,
@@ -125,8 +168,9 @@ impl Cli {
             poll_interval: self.poll_interval,
             promote_timeout: self.promote_timeout,
             route_timeout: self.route_timeout,
+            resume_retry: self.resume_retry,
             process,
             mode,
-        })
+        })))
     }
 }
