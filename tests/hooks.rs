@@ -1042,7 +1042,7 @@ fn the_watchdog_ends_any_pause_at_max_pause_and_the_next_one_again() {
         );
         let took = paused.elapsed();
         assert!(
-            (Duration::from_millis(1900)..Duration::from_secs(4)).contains(&took),
+            (Duration::from_millis(1900)..Duration::from_secs(7)).contains(&took),
             "round {round}: resumed after {took:?}"
         );
         assert_eq!(watchdog_resumes(&log).len(), round, "{}", read(&log));
