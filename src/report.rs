@@ -3,7 +3,7 @@
 //!
 //! The summary is the contract for tests, `scripts/bench` and log pipelines: under
 //! `--log-format json` it is one object with `"event": "summary"`, `"hook"`, `"outcome"` and
-//! the fields listed in docs/cli-contract.md; those names stay stable. The message wording is
+//! the fields listed in docs/reference.md; those names stay stable. The message wording is
 //! for people and may change.
 
 use serde::Serialize;

@@ -716,3 +716,38 @@ fn url_lists_passwords_and_tls_settings() {
         );
     }
 }
+
+/// docs/reference.md ends with each binary's `--help`, between `<!-- help:NAME -->` and
+/// `<!-- /help -->`: they must be what the binaries print. `PPH_UPDATE_REFERENCE=1` rewrites
+/// them instead.
+#[test]
+fn the_reference_shows_each_binary_s_help() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/reference.md");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    let mut stale = Vec::new();
+    for name in ["before-stop", "on-role-change"] {
+        let mut cmd = Command::new(common::bin(name));
+        cmd.env_clear().arg("--help");
+        let (code, help, stderr) = run(cmd, None);
+        assert_eq!(code, Some(0), "{stderr}");
+        let open = format!("<!-- help:{name} -->\n");
+        let start = text.find(&open).expect("the opening marker") + open.len();
+        let end = start
+            + text[start..]
+                .find("<!-- /help -->")
+                .expect("the closing marker");
+        let block = format!("```text\n{}\n```\n", help.trim_end());
+        if text[start..end] != block {
+            stale.push(name);
+            text.replace_range(start..end, &block);
+        }
+    }
+    if std::env::var_os("PPH_UPDATE_REFERENCE").is_some() {
+        std::fs::write(&path, text).unwrap();
+    } else {
+        assert!(
+            stale.is_empty(),
+            "docs/reference.md does not show the current --help of {stale:?}: run PPH_UPDATE_REFERENCE=1 cargo test --test cli the_reference"
+        );
+    }
+}
