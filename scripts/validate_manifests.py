@@ -833,16 +833,19 @@ def _mutations() -> dict[str, tuple[Any, str]]:
     }
 
 
-def fact_self_check(rendered: list[dict], texts: dict[str, str]) -> bool:
+def fact_self_check(rendered: list[dict], texts: dict[str, str], verbose: bool) -> bool:
     """Each StackGres fact / limit check must reject a broken copy of the rendered objects."""
     ok = True
     for name, (mutate, tag) in _mutations().items():
         objs, t = copy.deepcopy(rendered), dict(texts)
         mutate(objs, t)
         errs = stackgres_facts(objs) + limit_checks(objs, t)
-        if not any(tag in e for e in errs):
+        hit = next((e for e in errs if tag in e), None)
+        if hit is None:
             print(f"SELF-CHECK FAIL: broken copy '{name}' was not rejected with {tag!r}: {errs}")
             ok = False
+        elif verbose:
+            print(f"ok   broken copy '{name}' rejected: {hit[:160]}...")
     return ok
 
 
@@ -916,7 +919,7 @@ def main() -> int:
     passed, failed, rendered = validate_tree(root, crds, args.kubernetes_version,
                                              verbose=not args.quiet)
     if any(d.get("kind") == "SGCluster" for d in rendered):
-        if not fact_self_check(rendered, apply_docs(root)):
+        if not fact_self_check(rendered, apply_docs(root), not args.quiet):
             print("validate_manifests: a StackGres fact check accepts a broken copy")
             failed += 1
         else:
