@@ -1,18 +1,23 @@
 # syntax=docker/dockerfile:1
 #
-# Image for the Patroni hooks `before-stop` and `on-role-change`.
+# Image for the Patroni hooks `before-stop` and `on-role-change`: the alternative to the
+# ConfigMaps of configmap/ for clusters that only run images from their own registry
+# (README.md, "Runbook", "Delivering the hooks").
 #
-# Used as an init container of the Patroni pods: it copies the two static binaries
-# into a shared emptyDir that the patroni container mounts at /callbacks, e.g.
+# Used as an init container of the Patroni pods: it copies the two static binaries into the
+# emptyDir that the patroni container mounts at /callbacks (StackGres: customVolumes name
+# "callbacks", mounted as "custom-callbacks"), e.g.
 #
 #   command: ["cp", "/hooks/before-stop", "/hooks/on-role-change", "/callbacks/"]
 #
-# Build (see README.md, "Runbook", "Building the image"):
+# Build:
 #
 #   docker build -t registry.example.com/patroni-pgbouncer-hooks:0.1.0 .
 #
-# The binaries are fully static (musl, no PT_INTERP, no DT_NEEDED), so they run in
-# any patroni image whatever its libc. scripts/check-static builds exactly the same
+# scripts/image builds the same image without Docker or a registry (buildah from scratch ->
+# OCI archive, Debian's busybox-static instead of the busybox image) and runs it unpacked; CI
+# does that on every run. The binaries are fully static (musl, no PT_INTERP, no DT_NEEDED), so
+# they run in any patroni image whatever its libc. scripts/check-static builds exactly the same
 # binaries outside Docker and checks that.
 
 ARG RUST_VERSION=1.95

@@ -162,7 +162,11 @@ fn manifest_env_vars_exist_in_help() {
         missing.join("\n  ")
     );
     // The scan is not vacuous: the deployment cannot work without these.
-    for required in ["PGBOUNCER_URLS", "PGBOUNCER_PASSWORD_FILE", "PATRONI_NAME"] {
+    for required in [
+        "PGBOUNCER_URLS",
+        "PGBOUNCER_PASSWORD_FILE",
+        "HOOKS_PATRONI_URL",
+    ] {
         assert!(
             all.contains(required),
             "the manifests no longer set {required}; found {all:?}"
