@@ -2,7 +2,7 @@
 #
 # Image for the Patroni hooks `before-stop` and `on-role-change`: the alternative to the
 # ConfigMaps of configmap/ for clusters that only run images from their own registry
-# (README.md, "Runbook", "Delivering the hooks").
+# (docs/stackgres.md, "Delivering the hooks").
 #
 # Used as an init container of the Patroni pods: it copies the two static binaries into the
 # emptyDir that the patroni container mounts at /callbacks (StackGres: customVolumes name

@@ -537,7 +537,7 @@ def render(kdir: Path) -> list[dict]:
 
 def apply_docs(root: Path) -> dict[str, str]:
     """The texts that tell users how to apply the top kustomization."""
-    texts = {"README.md": (REPO / "README.md").read_text()}
+    texts = {name: (REPO / name).read_text() for name in ("README.md", "docs/stackgres.md")}
     for k in sorted(root.glob("kustomization.y*ml")):
         texts[str(k.relative_to(REPO) if k.is_relative_to(REPO) else k)] = k.read_text()
     return texts

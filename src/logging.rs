@@ -3,7 +3,7 @@
 //!
 //! RUST_LOG sets the level: `error`, `warn`, `info` (default), `debug`, `trace` or `off`. Only a
 //! plain level: the per-module directives of tracing-subscriber's `env-filter` would pull its
-//! regex engine and Unicode tables into every binary (README.md, "Why a ConfigMap").
+//! regex engine and Unicode tables into every binary (docs/stackgres.md, "Why this path").
 
 use std::io::IsTerminal;
 

@@ -1,6 +1,6 @@
 //! End-to-end: real etcd + Patroni (3.x and 4.x) + PostgreSQL 15 + HAProxy + PgBouncer
 //! under pgbench, with the release hook binaries configured in Patroni exactly as a user
-//! would. See README.md, "End-to-end proof".
+//! would. See docs/e2e.md.
 //!
 //! Select Patroni with E2E_PATRONI=3|4|both (default both). Each scenario starts its own
 //! cluster; a static mutex runs them one at a time.

@@ -1,4 +1,4 @@
-//! The Kubernetes manifests (configmap/) and the runbook (README.md) must not drift from
+//! The Kubernetes manifests (configmap/) and the docs (README.md, docs/stackgres.md) must not drift from
 //! the binaries: every `--flag` given to `before-stop` / `on-role-change` there, and every
 //! `HOOKS_*`, `PGBOUNCER_*` and `PATRONI_NAME` variable named in the manifests, must appear in
 //! the binaries' `--help`. The YAML is scanned crudely as text (std only, no YAML parser).
@@ -177,11 +177,11 @@ fn manifest_env_vars_exist_in_help() {
 #[test]
 fn flags_in_manifests_and_runbook_exist_in_help() {
     let mut sources = manifests();
-    let readme = repo().join("README.md");
-    sources.push((
-        readme.clone(),
-        fs::read_to_string(&readme).expect("README.md holds the runbook"),
-    ));
+    for doc in ["README.md", "docs/stackgres.md", "docs/reference.md"] {
+        let path = repo().join(doc);
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{doc}: {e}"));
+        sources.push((path, text));
+    }
     let mut checked = 0;
     let mut missing = Vec::new();
     for (binary, exe) in [
