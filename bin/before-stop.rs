@@ -62,11 +62,11 @@ struct Cli {
     #[arg(long, value_name = "URL", env = "HOOKS_PATRONI_URL")]
     patroni_url: Option<String>,
 
-    /// Read `patronictl list -f tsv` output from this file (- for stdin) instead of running patronictl.
+    /// Read `patronictl list -f json` (or `-f tsv`) output from this file (- for stdin) instead of running patronictl.
     #[arg(long, value_name = "PATH", env = "HOOKS_LIST_TSV")]
     list_tsv: Option<PathBuf>,
 
-    /// Read `patronictl history -f tsv` output from this file (- for stdin) instead of running patronictl.
+    /// Read `patronictl history -f json` (or `-f tsv`) output from this file (- for stdin) instead of running patronictl.
     #[arg(long, value_name = "PATH", env = "HOOKS_HISTORY_TSV")]
     history_tsv: Option<PathBuf>,
 
@@ -296,7 +296,7 @@ async fn read_view_from_patronictl(cli: &Cli) -> Result<View> {
         async move {
             match file {
                 Some(path) => config::read_input(&path),
-                None => ctl.tsv(subcommand).await,
+                None => ctl.json(subcommand).await,
             }
         }
     };
@@ -317,11 +317,7 @@ async fn decide(cli: &Cli, member: &str) -> Result<Decision> {
         ListVerdict::Decided(decision) => Ok(decision),
         ListVerdict::NeedHistory => {
             let history = history?;
-            let group = list
-                .iter()
-                .find(|m| m.name == member)
-                .and_then(|m| m.group.as_deref());
-            Ok(decision::decide_from_history(member, group, &history))
+            Ok(decision::decide_from_history(member, &list, &history))
         }
     }
 }
