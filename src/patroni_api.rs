@@ -106,7 +106,7 @@ struct ApiMember {
     state: String,
 }
 
-/// `GET /cluster`: roles are `leader`, `standby_leader`, `sync_standby`, `quorum_standby`, `replica`.
+/// `GET /cluster` (`cluster_as_json`): roles are `leader`, `standby_leader`, `sync_standby`, `quorum_standby`, `replica`.
 pub fn parse_cluster(json: &str) -> Result<Vec<Member>> {
     let cluster: Cluster =
         serde_json::from_str(json).context("GET /cluster is not the JSON Patroni sends")?;
@@ -114,16 +114,12 @@ pub fn parse_cluster(json: &str) -> Result<Vec<Member>> {
         .members
         .into_iter()
         .map(|m| {
-            let role = Role::parse(&m.role).ok_or_else(|| {
-                anyhow!(
-                    "GET /cluster gives member {:?} the unknown role {:?}",
-                    m.name,
-                    m.role
-                )
-            })?;
+            if m.name.is_empty() {
+                bail!("GET /cluster has a member with an empty name");
+            }
             Ok(Member {
+                role: Role::parse(&m.role),
                 name: m.name,
-                role,
                 state: m.state,
                 group: None,
             })
@@ -209,7 +205,18 @@ mod tests {
             [(1, "m2"), (2, "m1")]
         );
         assert!(parse_history("[]").unwrap().is_empty());
-        assert!(parse_cluster(r#"{"members": [{"name": "x", "role": "boss"}]}"#).is_err());
+        // a role this program does not know leaves the rest of the view readable
+        assert_eq!(
+            parse_cluster(
+                r#"{"members": [{"name": "x", "role": "boss"}, {"name": "y", "role": "leader"}]}"#
+            )
+            .unwrap()
+            .iter()
+            .map(|m| m.role)
+            .collect::<Vec<_>>(),
+            [Role::Unknown, Role::Leader]
+        );
+        assert!(parse_cluster(r#"{"members": [{"name": "", "role": "leader"}]}"#).is_err());
         assert!(parse_cluster("<html>").is_err());
     }
 

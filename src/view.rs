@@ -27,7 +27,7 @@ pub struct Sources {
     /// The local Patroni REST API, tried first when set.
     pub api: Option<Api>,
     pub patronictl: Patronictl,
-    /// Files (or `-`) standing for `patronictl list` / `history` output.
+    /// Files (or `-`) standing for `patronictl list` / `history` output (`-f json` or `-f tsv`).
     pub list_file: Option<PathBuf>,
     pub history_file: Option<PathBuf>,
 }
@@ -150,7 +150,7 @@ async fn read_patronictl(sources: &Sources) -> Result<View> {
         async move {
             match file {
                 Some(path) => crate::config::read_input(&path),
-                None => ctl.tsv(subcommand).await,
+                None => ctl.json(subcommand).await,
             }
         }
     };
@@ -177,12 +177,7 @@ pub fn decide(member: &str, view: View) -> Result<Decision> {
         ListVerdict::Decided(decision) => Ok(decision),
         ListVerdict::NeedHistory => {
             let history = view.history?;
-            let group = view
-                .list
-                .iter()
-                .find(|m| m.name == member)
-                .and_then(|m| m.group.as_deref());
-            Ok(decision::decide_from_history(member, group, &history))
+            Ok(decision::decide_from_history(member, &view.list, &history))
         }
     }
 }

@@ -174,9 +174,10 @@ fn bad_cluster_views_are_one_clear_line_and_exit_1() {
             "Cluster\tMember\tRole\tState\ndemo\tm1\tLeader\n",
             "truncated",
         ),
+        // an unknown role is no longer an error (issue 10), an empty one is
         (
-            "Cluster\tMember\tRole\ndemo\tm1\tKing\n",
-            "unknown role \"King\"",
+            "Cluster\tMember\tRole\ndemo\tm1\t\n",
+            "gives member \"m1\" no role",
         ),
         (
             "Cluster\tMember\tRole\ndemo\tm9\tLeader\n",
@@ -222,11 +223,11 @@ fn patronictl_problems() {
     assert!(stdout.contains("\"action\":\"pause\""), "{stdout}");
     let calls = std::fs::read_to_string(&args_log).unwrap();
     assert!(
-        calls.contains("--config-file=/etc/patroni.yml list -f tsv"),
+        calls.contains("--config-file=/etc/patroni.yml list -f json"),
         "{calls}"
     );
     assert!(
-        calls.contains("--config-file=/etc/patroni.yml history -f tsv"),
+        calls.contains("--config-file=/etc/patroni.yml history -f json"),
         "{calls}"
     );
 

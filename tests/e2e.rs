@@ -480,6 +480,44 @@ fn s7_two_pgbouncers(p: u8) {
     }
 }
 
+/// Issue 10: parameters pending restart on every member, so `patronictl list -f tsv` would
+/// print each member's row over three lines (`Pending restart reason`); then a switchover and
+/// an in-place restart of the new primary (which applies them), with patronictl as
+/// before-stop's only source. Both stops must pause: a before-stop that cannot read the view
+/// pauses nothing and the clients abort.
+fn s8_pending_restart(p: u8) {
+    let mut opts = Opts::new("s8-pending-restart", p, Hooks::On);
+    opts.patroni_url = false;
+    let (o, c) = scenario(opts, Duration::from_secs(6), false, |c| {
+        leader_is(c, "m1")?;
+        c.edit_config(&[
+            "shared_buffers=64MB",
+            "max_connections=150",
+            "max_wal_senders=12",
+        ])?;
+        c.wait_pending_restart(Duration::from_secs(20))?;
+        c.switchover("m1", "m2")?;
+        leader_is(c, "m2")?;
+        c.restart("m2")?;
+        leader_is(c, "m2")?;
+        Ok(None)
+    });
+    o.assert_clean();
+    let c = c.0.as_ref().expect("cluster");
+    let failures = c.patroni_log_lines("before-stop failed");
+    assert!(
+        failures.is_empty(),
+        "before-stop failed: {}\n{failures:?}",
+        o.summary()
+    );
+    let pauses = o.events.iter().flatten().filter(|e| e.1 == "PAUSE").count();
+    assert!(
+        pauses >= 2,
+        "expected a PAUSE for the switchover and one for the restart: {}",
+        o.summary()
+    );
+}
+
 macro_rules! per_patroni {
     ($($name:ident => $f:ident),* $(,)?) => {
         mod patroni3 { $( #[test] fn $name() { if super::wants(3) { let _g = super::serial(); super::$f(3) } } )* }
@@ -495,6 +533,7 @@ per_patroni! {
     s5_sigterm_primary => s5_sigterm_primary,
     s6_long_transaction => s6_long_transaction,
     s7_two_pgbouncers => s7_two_pgbouncers,
+    s8_pending_restart => s8_pending_restart,
 }
 
 /// Control (no hooks): scenarios 1, 2, 5 must produce errors. Run by scripts/bench.

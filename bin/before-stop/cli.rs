@@ -60,11 +60,11 @@ pub struct Cli {
     #[arg(long, value_name = "URL", env = "HOOKS_PATRONI_URL")]
     pub patroni_url: Option<String>,
 
-    /// Read `patronictl list -f tsv` output from this file (- for stdin) instead of running patronictl.
+    /// Read `patronictl list -f json` (or `-f tsv`) output from this file (- for stdin) instead of running patronictl.
     #[arg(long, value_name = "PATH", env = "HOOKS_LIST_TSV")]
     pub list_tsv: Option<PathBuf>,
 
-    /// Read `patronictl history -f tsv` output from this file (- for stdin) instead of running patronictl.
+    /// Read `patronictl history -f json` (or `-f tsv`) output from this file (- for stdin) instead of running patronictl.
     #[arg(long, value_name = "PATH", env = "HOOKS_HISTORY_TSV")]
     pub history_tsv: Option<PathBuf>,
 

@@ -944,6 +944,51 @@ ignore_startup_parameters = extra_float_digits
         )
     }
 
+    /// `patronictl edit-config --force -p NAME=VALUE ...`: dynamic configuration, so every
+    /// member gets the parameters (restart-only ones then show `Pending restart`).
+    pub fn edit_config(&self, params: &[&str]) -> Res<String> {
+        log(format!("patronictl edit-config {params:?}"));
+        let mut cmd = self.patronictl();
+        cmd.args(["edit-config", &self.scope, "--force"]);
+        for p in params {
+            cmd.args(["-p", p]);
+        }
+        run_ok(&mut cmd, Duration::from_secs(30))
+    }
+
+    /// Waits until every live member shows `pending_restart` in GET /cluster.
+    pub fn wait_pending_restart(&self, timeout: Duration) -> Res<()> {
+        let live = self.members.iter().filter(|m| m.proc.is_some()).count();
+        wait_for(
+            "pending restart on every member",
+            timeout,
+            Duration::from_millis(200),
+            || {
+                let v = self.cluster_json()?;
+                let pending = v["members"]
+                    .as_array()?
+                    .iter()
+                    .filter(|m| m["pending_restart"] == true)
+                    .count();
+                (pending == live).then_some(())
+            },
+        )
+    }
+
+    /// Lines of every member's Patroni log (where the hooks' output lands) that contain `text`.
+    pub fn patroni_log_lines(&self, text: &str) -> Vec<String> {
+        self.members
+            .iter()
+            .flat_map(|m| {
+                read(&m.patroni_log())
+                    .lines()
+                    .filter(|l| l.contains(text))
+                    .map(|l| format!("{}: {l}", m.name))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     pub fn restart(&self, member: &str) -> Res<String> {
         log(format!("patronictl restart {member}"));
         run_ok(
