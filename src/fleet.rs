@@ -493,20 +493,11 @@ async fn inspect(admin: &Admin) -> Result<Inspection> {
 }
 
 /// `SHOW CONFIG`'s `server_login_retry`, in seconds: a bare number of seconds, or with a unit
-/// (`ms`, `s`, `min`) as PgBouncer accepts them in its ini file.
+/// as PgBouncer accepts them in its ini file.
 fn login_retry_seconds(value: &str) -> Option<f64> {
-    let value = value.trim();
-    let split = value
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    match unit.trim() {
-        "" | "s" => Some(number),
-        "ms" => Some(number / 1000.0),
-        "min" => Some(number * 60.0),
-        _ => None,
-    }
+    crate::config::parse_duration(value)
+        .ok()
+        .map(|d| d.as_secs_f64())
 }
 
 #[cfg(test)]

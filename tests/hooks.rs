@@ -382,30 +382,44 @@ fn read(path: &std::path::Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// Runs before-stop as m1 (the leader) with its safety net armed for `max_pause`, against the
+/// admin console at `url`, its stderr (and the detached net's, which inherits it) in `log`;
+/// returns once before-stop itself has exited.
+fn before_stop_with_net(
+    pgb: &PgBouncer,
+    url: &str,
+    max_pause: &str,
+    extra: &[&str],
+    log: &std::path::Path,
+) -> std::process::ExitStatus {
+    let view = leader_view(&pgb.dir, "m1").display().to_string();
+    let mut args = vec![
+        "--member",
+        "m1",
+        "--list-tsv",
+        &view,
+        "--pgbouncer",
+        url,
+        "--max-pause",
+        max_pause,
+    ];
+    args.extend_from_slice(extra);
+    let mut child = spawn_logged(hook("before-stop", &args, PgBouncer::ADMIN_PASSWORD), log);
+    common::wait_until(
+        "before-stop",
+        HOOK_TIMEOUT,
+        Duration::from_millis(20),
+        || child.try_wait().unwrap(),
+    )
+}
+
 #[test]
 fn the_safety_net_resumes_a_forgotten_pause() {
     for build in PgBouncerBuild::all() {
         let pg = Postgres::start_primary();
         let pgb = PgBouncer::start(build, "127.0.0.1", pg.port);
         let log = pgb.dir.join("before-stop.log");
-        let view = leader_view(&pgb.dir, "m1");
-        let view = view.display().to_string();
-        let url = pgb.admin_url();
-        let args = [
-            "--member",
-            "m1",
-            "--list-tsv",
-            &view,
-            "--pgbouncer",
-            &url,
-            "--max-pause",
-            "2s",
-        ];
-        let status = common::wait_until("before-stop", HOOK_TIMEOUT, Duration::from_millis(20), {
-            let mut child =
-                spawn_logged(hook("before-stop", &args, PgBouncer::ADMIN_PASSWORD), &log);
-            move || child.try_wait().unwrap()
-        });
+        let status = before_stop_with_net(&pgb, &pgb.admin_url(), "2s", &[], &log);
         assert!(status.success(), "{}", read(&log));
         let mut held = common::spawn_psql(&pgb.app_url(), "SELECT 7");
         assert!(
@@ -435,25 +449,7 @@ fn the_safety_net_never_resumes_a_later_pause() {
     let pg = Postgres::start_primary();
     let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
     let log = pgb.dir.join("before-stop.log");
-    let view = leader_view(&pgb.dir, "m1").display().to_string();
-    let url = pgb.admin_url();
-    let args = [
-        "--member",
-        "m1",
-        "--list-tsv",
-        &view,
-        "--pgbouncer",
-        &url,
-        "--max-pause",
-        "3s",
-    ];
-    let mut child = spawn_logged(hook("before-stop", &args, PgBouncer::ADMIN_PASSWORD), &log);
-    let status = common::wait_until(
-        "before-stop",
-        HOOK_TIMEOUT,
-        Duration::from_millis(20),
-        || child.try_wait().unwrap(),
-    );
+    let status = before_stop_with_net(&pgb, &pgb.admin_url(), "3s", &[], &log);
     assert!(status.success(), "{}", read(&log));
     let (out, stderr) = run(on_role_change(&pg, &[&pgb], &[]));
     assert_ok(&out, &stderr);
@@ -686,27 +682,8 @@ fn a_pause_whose_answer_was_cut_off_still_arms_the_net() {
     // PAUSE waits for this transaction; the proxy cuts the hook's connection meanwhile.
     let mut long = hold_transaction(&pg, &pgb, 2);
     let log = pgb.dir.join("before-stop-cut.log");
-    let view = leader_view(&pgb.dir, "m1").display().to_string();
-    let url = proxy.admin_url();
-    let args = [
-        "--member",
-        "m1",
-        "--list-tsv",
-        &view,
-        "--pgbouncer",
-        &url,
-        "--max-pause",
-        "4s",
-        "--log-format",
-        "json",
-    ];
-    let mut child = spawn_logged(hook("before-stop", &args, PgBouncer::ADMIN_PASSWORD), &log);
-    let status = common::wait_until(
-        "before-stop",
-        HOOK_TIMEOUT,
-        Duration::from_millis(20),
-        || child.try_wait().unwrap(),
-    );
+    let json = ["--log-format", "json"];
+    let status = before_stop_with_net(&pgb, &proxy.admin_url(), "4s", &json, &log);
     let done = summary(&read(&log));
     assert!(status.success(), "{}", read(&log));
     assert_eq!(done["uncertain"], 1, "{done}");
@@ -803,25 +780,7 @@ fn the_1_18_safety_net_does_not_fill_pgbouncer_s_log() {
     let pg = Postgres::start_primary();
     let pgb = PgBouncer::start(PgBouncerBuild::Debian, "127.0.0.1", pg.port);
     let log = pgb.dir.join("before-stop-net.log");
-    let view = leader_view(&pgb.dir, "m1").display().to_string();
-    let url = pgb.admin_url();
-    let args = [
-        "--member",
-        "m1",
-        "--list-tsv",
-        &view,
-        "--pgbouncer",
-        &url,
-        "--max-pause",
-        "3s",
-    ];
-    let mut child = spawn_logged(hook("before-stop", &args, PgBouncer::ADMIN_PASSWORD), &log);
-    common::wait_until(
-        "before-stop",
-        HOOK_TIMEOUT,
-        Duration::from_millis(20),
-        || child.try_wait().unwrap(),
-    );
+    before_stop_with_net(&pgb, &pgb.admin_url(), "3s", &[], &log);
     common::wait_until(
         "the safety net's RESUME",
         Duration::from_secs(15),
