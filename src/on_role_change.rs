@@ -111,6 +111,8 @@ async fn run_async(settings: &Settings) -> Result<u8> {
             Ok(worker) => return wait_for_worker(settings, worker).await,
             // No fork (pids limit, memory): the RESUME must still happen, so do the work here.
             Err(err) => tracing::warn!(
+                event = "worker",
+                action = "in-process",
                 "cannot start the detached worker ({err:#}); waiting and resuming in this process"
             ),
         }
@@ -235,6 +237,8 @@ async fn still_primary(settings: &Settings) -> Option<String> {
 /// process is killed meanwhile, the worker carries on.
 async fn wait_for_worker(settings: &Settings, worker: detach::Worker) -> Result<u8> {
     tracing::info!(
+        event = "worker",
+        action = "started",
         "waiting and resuming in a detached worker (it survives Patroni killing this callback)"
     );
     let bound = settings.promote_timeout

@@ -127,7 +127,7 @@ pub async fn wait_for_route(
             .and_then(|r| r);
             match seen {
                 Ok(them) if reaches(&me, &them) => {
-                    tracing::info!(upstream = %upstream.shown, route_ms = started.elapsed().as_millis(), "route reaches this member");
+                    tracing::info!(upstream = %upstream.shown, event = "route", action = "reached", route_ms = started.elapsed().as_millis() as u64, "route reaches this member");
                 }
                 Ok(them) => {
                     last = format!(
@@ -151,6 +151,8 @@ pub async fn wait_for_route(
         tokio::time::sleep(poll.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
     tracing::error!(
+        event = "route",
+        action = "stale",
         "ROUTE STALE: after {timeout:?} the upstream still does not reach this member ({last}); RESUMING ANYWAY, PgBouncer may need server_login_retry to reconnect"
     );
     false

@@ -21,6 +21,8 @@ const POLL: Duration = Duration::from_millis(500);
 pub async fn watch(fleet: &Fleet, max_pause: Duration) -> usize {
     let deadline = Instant::now() + max_pause;
     tracing::info!(
+        event = "safety-net",
+        action = "armed",
         pid = std::process::id(),
         remaining_ms = max_pause.as_millis() as u64,
         "safety net armed: will RESUME any PgBouncer still paused at the deadline"
@@ -69,7 +71,7 @@ async fn watch_one(
         if let Some(session) = &admin {
             match tokio::time::timeout(command_timeout, session.state()).await {
                 Ok(Ok(Some(state))) if !state.paused && !state.suspended => {
-                    tracing::info!(pgbouncer = %target.shown, "safety net: PgBouncer was resumed; nothing to do");
+                    tracing::info!(pgbouncer = %target.shown, event = "safety-net", action = "leave", "safety net: PgBouncer was resumed; nothing to do");
                     return false;
                 }
                 Ok(Ok(Some(_))) => {}
@@ -100,7 +102,8 @@ async fn watch_one(
         Ok(Ok(pgbouncer::Answer::Done)) => {
             tracing::error!(
                 pgbouncer = %target.shown,
-                command = "RESUME",
+                event = "safety-net",
+                action = "resume",
                 "SAFETY NET: PgBouncer was still paused at the --max-pause deadline; RESUMED it. on-role-change never resumed it: check the new primary's Patroni log"
             );
             true

@@ -509,13 +509,10 @@ fn json_logs_are_one_object_per_line() {
             "{line}"
         );
     }
-    assert!(
-        lines
-            .last()
-            .unwrap()
-            .contains("\"message\":\"before-stop done\""),
-        "{stderr}"
-    );
+    let last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert_eq!(last["event"], "summary", "{stderr}");
+    assert_eq!(last["hook"], "before-stop", "{stderr}");
+    assert_eq!(last["outcome"], "dry run", "{stderr}");
 }
 
 #[test]

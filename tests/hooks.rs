@@ -1,5 +1,6 @@
 //! The two hooks against a real PostgreSQL 15 and real PgBouncers (Debian's 1.18 and a
-//! current one), all on 127.0.0.1: what a client sees is the assertion, not the log.
+//! current one), all on 127.0.0.1: what a client sees is the assertion, and what the hooks
+//! say is read from their structured events (`--log-format json`), not from their wording.
 
 mod common;
 
@@ -31,6 +32,7 @@ fn hook(name: &str, args: &[&str], password: &str) -> Command {
     let mut cmd = common::client(common::bin(name));
     cmd.args(args)
         .env("PGBOUNCER_PASSWORD", password)
+        .env("HOOKS_LOG_FORMAT", "json")
         .env("RUST_LOG", "info");
     cmd
 }
@@ -109,8 +111,8 @@ fn pause_holds_the_next_transaction_and_resume_releases_it() {
 
         let (out, stderr) = before_stop(&leader_view(&pgb.dir, "m1"), &[&pgb], &[]);
         assert_ok(&out, &stderr);
-        assert!(stderr.contains("PAUSE paused"), "{stderr}");
-        assert!(stderr.contains("before-stop done"), "{stderr}");
+        assert_eq!(results(&stderr, "PAUSE"), ["paused"], "{stderr}");
+        assert_eq!(summary(&stderr)["outcome"], "paused", "{stderr}");
         assert!(pgb.is_paused(), "{build:?} not paused after before-stop");
 
         let mut held = common::spawn_psql(&pgb.app_url(), "SELECT 42");
@@ -125,12 +127,14 @@ fn pause_holds_the_next_transaction_and_resume_releases_it() {
             &["on_role_change", "primary", "demo"],
         ));
         assert_ok(&out, &stderr);
-        assert!(stderr.contains("RESUME resumed"), "{stderr}");
-        if pgb.has_show_state() {
-            assert!(stderr.contains("SHOW STATE says not paused"), "{stderr}");
+        assert_eq!(results(&stderr, "RESUME"), ["resumed"], "{stderr}");
+        // Verified by SHOW STATE where PgBouncer has it (>= 1.19), else unverified.
+        let verified = if pgb.has_show_state() {
+            "resumed"
         } else {
-            assert!(stderr.contains("SHOW STATE check skipped"), "{stderr}");
-        }
+            "unverified"
+        };
+        assert_eq!(summary(&stderr)[verified], 1, "{stderr}");
         assert_eq!(held.expect_success(Duration::from_secs(10)), "42");
         assert!(!pgb.is_paused());
     }
@@ -145,11 +149,11 @@ fn pause_and_resume_are_idempotent() {
     assert_ok(&out, &stderr);
     let (out, stderr) = before_stop(&view, &[&pgb], &[]);
     assert_ok(&out, &stderr);
-    assert!(stderr.contains("already paused"), "{stderr}");
-    for expected in ["RESUME resumed", "RESUME was not paused"] {
+    assert_eq!(results(&stderr, "PAUSE"), ["already paused"], "{stderr}");
+    for expected in ["resumed", "was not paused"] {
         let (out, stderr) = run(on_role_change(&pg, &[&pgb], &[]));
         assert_ok(&out, &stderr);
-        assert!(stderr.contains(expected), "{stderr}");
+        assert_eq!(results(&stderr, "RESUME"), [expected], "{stderr}");
     }
     assert!(!pgb.is_paused());
 }
@@ -160,7 +164,8 @@ fn a_replica_stopping_pauses_nothing() {
     let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
     let (out, stderr) = before_stop(&leader_view(&pgb.dir, "m2"), &[&pgb], &[]);
     assert_ok(&out, &stderr);
-    assert!(stderr.contains("the leader is m2"), "{stderr}");
+    assert_eq!(summary(&stderr)["decision"], "Skip", "{stderr}");
+    assert_eq!(summary(&stderr)["outcome"], "nothing to pause", "{stderr}");
     assert!(!pgb.is_paused());
     common::spawn_psql(&pgb.app_url(), "SELECT 1").expect_success(Duration::from_secs(5));
 }
@@ -180,7 +185,7 @@ fn pause_waits_for_an_open_transaction_within_the_bound() {
         );
         let took = started.elapsed();
         assert_ok(&out, &stderr);
-        assert!(stderr.contains("still draining"), "{stderr}");
+        assert_eq!(summary(&stderr)["draining"], 1, "{stderr}");
         assert!(
             took < Duration::from_secs(4),
             "before-stop waited for the transaction: {took:?}"
@@ -208,7 +213,7 @@ fn fan_out_to_two_pgbouncers_and_partial_reachability() {
     let (out, stderr) = before_stop(&view, &[&first, &second], &[]);
     assert_ok(&out, &stderr);
     assert!(first.is_paused() && second.is_paused(), "{stderr}");
-    assert!(stderr.contains("paused=2"), "{stderr}");
+    assert_eq!(summary(&stderr)["paused"], 2, "{stderr}");
     let (out, stderr) = run(on_role_change(&pg, &[&first, &second], &[]));
     assert_ok(&out, &stderr);
     assert!(!first.is_paused() && !second.is_paused(), "{stderr}");
@@ -218,7 +223,7 @@ fn fan_out_to_two_pgbouncers_and_partial_reachability() {
     second.kill();
     let (out, stderr) = before_stop(&view, &[&first], &["--pgbouncer", &down_url]);
     assert_ok(&out, &stderr);
-    assert!(stderr.contains("failed=1"), "{stderr}");
+    assert_eq!(summary(&stderr)["failed"], 1, "{stderr}");
     assert!(
         stderr.contains(&format!("127.0.0.1:{}", second.port)),
         "{stderr}"
@@ -232,7 +237,7 @@ fn fan_out_to_two_pgbouncers_and_partial_reachability() {
         Some(1),
         "a target that could not be resumed must show: {stderr}"
     );
-    assert!(stderr.contains("partly resumed"), "{stderr}");
+    assert_eq!(summary(&stderr)["outcome"], "partly resumed", "{stderr}");
     assert!(!first.is_paused());
 }
 
@@ -340,8 +345,9 @@ fn a_standby_that_never_promotes_gets_no_resume() {
         ],
     ));
     assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(summary(&stderr)["outcome"], "not resumed", "{stderr}");
+    // The reason, in words, for the DBA who reads Patroni's log.
     assert!(stderr.contains("did not leave recovery"), "{stderr}");
-    assert!(stderr.contains("NOT resumed"), "{stderr}");
     assert!(pgb.is_paused());
     pgb.admin("RESUME").unwrap();
 }
@@ -358,7 +364,7 @@ fn standby_leader_resumes_without_waiting_and_replica_does_nothing() {
         &["on_role_change", "replica", "demo"],
     ));
     assert_ok(&out, &stderr);
-    assert!(stderr.contains("nothing to do"), "{stderr}");
+    assert_eq!(summary(&stderr)["outcome"], "nothing to do", "{stderr}");
     assert!(pgb.is_paused());
     let (out, stderr) = run(on_role_change(
         &standby,
@@ -438,7 +444,7 @@ fn the_safety_net_resumes_a_forgotten_pause() {
             "the safety net's log line",
             Duration::from_secs(5),
             Duration::from_millis(50),
-            || read(&log).contains("SAFETY NET").then_some(()),
+            || has_event(&read(&log), "safety-net", "resume").then_some(()),
         );
         assert!(!pgb.is_paused());
     }
@@ -457,11 +463,7 @@ fn the_safety_net_never_resumes_a_later_pause() {
         "the net to see the RESUME",
         Duration::from_secs(5),
         Duration::from_millis(50),
-        || {
-            read(&log)
-                .contains("PgBouncer was resumed; nothing to do")
-                .then_some(())
-        },
+        || has_event(&read(&log), "safety-net", "leave").then_some(()),
     );
     // An unrelated pause after that: the net is gone and must not touch it.
     pgb.admin("PAUSE").unwrap();
@@ -471,7 +473,11 @@ fn the_safety_net_never_resumes_a_later_pause() {
         "the safety net resumed a later pause: {}",
         read(&log)
     );
-    assert!(!read(&log).contains("SAFETY NET"), "{}", read(&log));
+    assert!(
+        !has_event(&read(&log), "safety-net", "resume"),
+        "{}",
+        read(&log)
+    );
     pgb.admin("RESUME").unwrap();
 }
 
@@ -490,7 +496,7 @@ fn a_callback_killed_mid_wait_still_resumes() {
         "the detached worker to start",
         Duration::from_secs(10),
         Duration::from_millis(20),
-        || read(&log).contains("detached worker").then_some(()),
+        || has_event(&read(&log), "worker", "started").then_some(()),
     );
     // What Patroni does when the next callback starts: SIGKILL the callback's whole group.
     common::signal(child.id(), "KILL");
@@ -506,9 +512,19 @@ fn a_callback_killed_mid_wait_still_resumes() {
         "the worker's RESUME",
         Duration::from_secs(30),
         Duration::from_millis(50),
-        || read(&log).contains("on-role-change done").then_some(()),
+        || {
+            events(&read(&log))
+                .iter()
+                .any(|e| e["event"] == "summary")
+                .then_some(())
+        },
     );
-    assert!(read(&log).contains("RESUME resumed"), "{}", read(&log));
+    assert_eq!(
+        results(&read(&log), "RESUME"),
+        ["resumed"],
+        "{}",
+        read(&log)
+    );
     assert!(!pgb.is_paused(), "{}", read(&log));
     // Its stdout led to the killed callback: writing its verdict there must not panic.
     common::wait_until(
@@ -534,7 +550,7 @@ fn resume_while_a_pause_is_still_draining_leaves_nothing_stuck() {
             &["--pause-timeout", "500ms"],
         );
         assert_ok(&out, &stderr);
-        assert!(stderr.contains("still draining"), "{stderr}");
+        assert_eq!(results(&stderr, "PAUSE"), ["still draining"], "{stderr}");
         // ... and the new primary resumes while the PAUSE is still pending.
         let (out, stderr) = run(on_role_change(&pg, &[&pgb], &[]));
         assert_ok(&out, &stderr);
@@ -544,7 +560,7 @@ fn resume_while_a_pause_is_still_draining_leaves_nothing_stuck() {
         // A later PAUSE/RESUME cycle still works: nothing was left half-paused.
         let (out, stderr) = before_stop(&leader_view(&pgb.dir, "m1"), &[&pgb], &[]);
         assert_ok(&out, &stderr);
-        assert!(stderr.contains("PAUSE paused"), "{build:?}: {stderr}");
+        assert_eq!(results(&stderr, "PAUSE"), ["paused"], "{build:?}: {stderr}");
         let (out, stderr) = run(on_role_change(&pg, &[&pgb], &[]));
         assert_ok(&out, &stderr);
         assert!(!pgb.is_paused());
@@ -559,27 +575,37 @@ fn check_reports_without_changing_anything() {
     let view = leader_view(&pgb.dir, "m1");
     let (out, stderr) = before_stop(&view, &[&pgb, &old], &["--check"]);
     assert_ok(&out, &stderr);
-    for expected in [
-        "version=PgBouncer 1.24",
-        "version=PgBouncer 1.18",
-        "pool_mode=transaction",
-        "show_state=false",
-        "role=Leader",
-        "ready",
-    ] {
-        assert!(stderr.contains(expected), "missing {expected:?}: {stderr}");
-    }
+    let said = events(&stderr);
+    let any =
+        |key: &str, pred: &dyn Fn(&serde_json::Value) -> bool| said.iter().any(|e| pred(&e[key]));
+    let starts = |prefix: &'static str| {
+        move |v: &serde_json::Value| v.as_str().is_some_and(|v| v.starts_with(prefix))
+    };
+    assert!(any("version", &starts("PgBouncer 1.24")), "{stderr}");
+    assert!(any("version", &starts("PgBouncer 1.18")), "{stderr}");
+    assert!(any("pool_mode", &|v| v == "transaction"), "{stderr}");
+    assert!(any("show_state", &|v| v == false), "{stderr}");
+    assert!(any("role", &|v| v == "Leader"), "{stderr}");
+    assert_eq!(summary(&stderr)["outcome"], "ready", "{stderr}");
     assert!(!pgb.is_paused() && !old.is_paused());
     let (out, stderr) = run(on_role_change(&pg, &[&pgb], &["--check"]));
     assert_ok(&out, &stderr);
-    assert!(stderr.contains("role=\"primary\""), "{stderr}");
+    let said = events(&stderr);
+    assert!(said.iter().any(|e| e["role"] == "primary"), "{stderr}");
     // No --upstream, but server_login_retry = 1 (the harness's): said, not warned.
-    assert!(stderr.contains("server_login_retry=1"), "{stderr}");
-    assert!(!stderr.contains("late-route"), "{stderr}");
+    assert!(
+        said.iter().any(|e| e["server_login_retry"] == 1.0),
+        "{stderr}"
+    );
+    assert!(
+        !said.iter().any(|e| e["warning"] == "late-route"),
+        "{stderr}"
+    );
     // A paused PgBouncer, or one that cannot be reached, makes the check fail.
     pgb.admin("PAUSE").unwrap();
     let (out, stderr) = before_stop(&view, &[&pgb], &["--check"]);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(summary(&stderr)["outcome"], "not ready", "{stderr}");
     assert!(stderr.contains("paused=true"), "{stderr}");
     assert!(pgb.is_paused(), "--check must not change anything");
     pgb.admin("RESUME").unwrap();
@@ -607,13 +633,29 @@ fn events(stderr: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The summary event (`<hook> done`) of a run.
+/// The summary event of a run.
 fn summary(stderr: &str) -> serde_json::Value {
     events(stderr)
         .into_iter()
         .rev()
-        .find(|e| e["message"].as_str().is_some_and(|m| m.contains(" done")))
+        .find(|e| e["event"] == "summary")
         .unwrap_or_else(|| panic!("no summary event in:\n{stderr}"))
+}
+
+/// The `result` of every per-PgBouncer event for `command` (PAUSE, RESUME), in order.
+fn results(stderr: &str, command: &str) -> Vec<String> {
+    events(stderr)
+        .into_iter()
+        .filter(|e| e["command"] == command)
+        .filter_map(|e| e["result"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Whether the log holds an event `event` with `action`.
+fn has_event(text: &str, event: &str, action: &str) -> bool {
+    events(text)
+        .iter()
+        .any(|e| e["event"] == event && e["action"] == action)
 }
 
 /// A TCP proxy to `backend` that forwards every connection, except that it cuts one (both
@@ -727,10 +769,7 @@ fn without_fork_the_callback_resumes_in_its_own_process() {
     assert_ok(&out, &stderr);
     let done = summary(&stderr);
     assert_eq!(done["outcome"], "resumed", "{done}");
-    assert!(
-        stderr.contains("cannot start the detached worker"),
-        "{stderr}"
-    );
+    assert!(has_event(&stderr, "worker", "in-process"), "{stderr}");
     assert!(!pgb.is_paused(), "{stderr}");
 }
 

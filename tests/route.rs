@@ -334,6 +334,7 @@ fn switchover(build: PgBouncerBuild, with_upstream: bool, login_retry: u64) -> O
         .args(["--postgres", &b.url(), "--pgbouncer", &pgb.admin_url()])
         .env("PGBOUNCER_PASSWORD", PgBouncer::ADMIN_PASSWORD)
         .env("RUST_LOG", "info")
+        .env("HOOKS_LOG_FORMAT", "json")
         // Wait and RESUME in the foreground process (when the binary offers a detached
         // worker): its exit code and log are what this test reads.
         .env("HOOKS_NO_DETACH", "true");
@@ -443,11 +444,7 @@ fn late_route_makes_the_difference(build: PgBouncerBuild) {
             )
         };
         assert!(with.hook_ok, "on-role-change failed: {}", context());
-        assert!(
-            with.hook_stderr.contains("route reaches this member"),
-            "{}",
-            context()
-        );
+        assert!(route_said(&with.hook_stderr, "reached"), "{}", context());
         assert!(
             with.held_result.is_ok(),
             "--upstream: the held transaction failed: {}",
@@ -557,6 +554,7 @@ fn direct_route(member: &Postgres, pgb: &PgBouncer, callback: &[&str]) -> (Durat
         .args(["--upstream", &upstream, "--route-timeout", "3s"])
         .env("PGBOUNCER_PASSWORD", PgBouncer::ADMIN_PASSWORD)
         .env("RUST_LOG", "info")
+        .env("HOOKS_LOG_FORMAT", "json")
         .env("HOOKS_NO_DETACH", "true");
     let started = Instant::now();
     let out = common::run_with_timeout(hook, Duration::from_secs(30));
@@ -580,14 +578,19 @@ fn the_route_check_recognises_this_member() {
         (&standby, ["on_start", "standby_leader", "demo"]),
     ] {
         let (took, stderr) = direct_route(member, &pgb, &callback);
-        assert!(
-            stderr.contains("route reaches this member"),
-            "{callback:?}: {stderr}"
-        );
-        assert!(!stderr.contains("ROUTE STALE"), "{callback:?}: {stderr}");
+        assert!(route_said(&stderr, "reached"), "{callback:?}: {stderr}");
+        assert!(!route_said(&stderr, "stale"), "{callback:?}: {stderr}");
         assert!(
             took < Duration::from_secs(2),
             "{callback:?} took {took:?}: {stderr}"
         );
     }
+}
+
+/// Whether on-role-change's JSON log has a route event with `action` (reached, stale).
+fn route_said(stderr: &str, action: &str) -> bool {
+    stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .any(|e| e["event"] == "route" && e["action"] == action)
 }
