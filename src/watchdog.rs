@@ -21,8 +21,10 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::time::Instant;
 
+use tokio_postgres::Client;
+
 use crate::fleet::{self, Fleet};
-use crate::pgbouncer::{Admin, State};
+use crate::pgbouncer::{self, Admin, State, Target};
 use crate::postgres::Server;
 use crate::route::{self, Identity};
 
@@ -175,6 +177,7 @@ async fn watch(settings: &Settings) -> Result<()> {
         max_pause_ms = settings.max_pause.as_millis() as u64,
         "watchdog watching PgBouncer"
     );
+    let mut eyes = Eyes::default();
     let mut memory = Memory::default();
     let mut last_sample: Option<Instant> = None;
     let mut round: u128 = 0;
@@ -183,12 +186,12 @@ async fn watch(settings: &Settings) -> Result<()> {
         if rounds.is_some_and(|max| round > max) {
             return Ok(());
         }
-        let state = look_at_pgbouncer(&settings.fleet).await;
+        let state = eyes.pgbouncer_state(&settings.fleet).await;
         let paused = state.map_or(true, |s| s.paused || s.suspended);
         let sample_due = paused || last_sample.map_or(true, |at| at.elapsed() >= CALM_SAMPLE);
         let primary = if sample_due && !settings.upstreams.is_empty() {
             last_sample = Some(Instant::now());
-            writable_primary(&settings.upstreams).await
+            eyes.writable_primary(&settings.upstreams).await
         } else {
             None
         };
@@ -225,44 +228,68 @@ async fn watch(settings: &Settings) -> Result<()> {
     }
 }
 
-/// SHOW STATE of the first PgBouncer that answers; `None` when it has none (< 1.19) or none
-/// answered (then nothing is known, and only the route can tell).
-async fn look_at_pgbouncer(fleet: &Fleet) -> Option<State> {
-    let (connect_timeout, command_timeout) = (fleet.connect_timeout, fleet.command_timeout);
-    let (outcomes, _) = fleet
-        .drive(connect_timeout, |target| async move {
-            let admin = Admin::connect(&target, connect_timeout).await?;
-            tokio::time::timeout(command_timeout, admin.state())
-                .await
-                .map_err(|_| anyhow::anyhow!("SHOW STATE got no answer"))?
-        })
-        .await
-        .ok()?;
-    let states: Vec<State> = outcomes
-        .into_iter()
-        .filter_map(|o| o.result.ok().flatten())
-        .collect();
-    // Paused if any is: one paused PgBouncer is enough to stall its clients.
-    states
-        .iter()
-        .find(|s| s.paused || s.suspended)
-        .or(states.first())
-        .copied()
+/// The watchdog's connections, kept open between looks: a long-running process must not
+/// log in four times a second (each login is a line in PgBouncer's and Postgres' logs).
+#[derive(Default)]
+struct Eyes {
+    /// Each PgBouncer, with its admin session while it works.
+    admins: Vec<(Target, Option<Admin>)>,
+    /// A session to the primary the route reached. It stays on that server: while the old
+    /// primary drains it still answers from there; once that server stops, the session
+    /// breaks and the next one is opened through the route, to whichever server it reaches.
+    upstream: Option<Client>,
 }
 
-/// The writable primary that the first answering upstream reaches, if it is writable.
-async fn writable_primary(upstreams: &[Server]) -> Option<Identity> {
-    for upstream in upstreams {
-        let asked = tokio::time::timeout(Duration::from_secs(2), async {
-            let client = upstream.connect(Duration::from_secs(2)).await?;
-            route::identity(&client).await
-        })
-        .await;
-        if let Ok(Ok(identity)) = asked {
-            return (!identity.in_recovery).then_some(identity);
+impl Eyes {
+    /// SHOW STATE, paused if any PgBouncer is (one paused PgBouncer stalls its clients);
+    /// `None` when it has no SHOW STATE (< 1.19) or none answered.
+    async fn pgbouncer_state(&mut self, fleet: &Fleet) -> Option<State> {
+        if self.admins.is_empty() {
+            let password = fleet.password.read().ok()?;
+            let (targets, _) =
+                pgbouncer::resolve_all(&fleet.urls, password.as_deref(), fleet.connect_timeout)
+                    .await;
+            self.admins = targets.into_iter().map(|t| (t, None)).collect();
         }
+        let mut states = Vec::new();
+        for (target, admin) in &mut self.admins {
+            if admin.is_none() {
+                *admin = Admin::connect(target, fleet.connect_timeout).await.ok();
+            }
+            let Some(session) = admin else { continue };
+            match tokio::time::timeout(fleet.command_timeout, session.state()).await {
+                Ok(Ok(Some(state))) => states.push(state),
+                Ok(Ok(None)) => {}
+                _ => *admin = None,
+            }
+        }
+        states
+            .iter()
+            .find(|s| s.paused || s.suspended)
+            .or(states.first())
+            .copied()
     }
-    None
+
+    /// The writable primary the route reaches, if it is writable.
+    async fn writable_primary(&mut self, upstreams: &[Server]) -> Option<Identity> {
+        const BOUND: Duration = Duration::from_secs(2);
+        if let Some(client) = &self.upstream {
+            match tokio::time::timeout(BOUND, route::identity(client)).await {
+                Ok(Ok(identity)) => return (!identity.in_recovery).then_some(identity),
+                _ => self.upstream = None,
+            }
+        }
+        for upstream in upstreams {
+            let Ok(Ok(client)) = tokio::time::timeout(BOUND, upstream.connect(BOUND)).await else {
+                continue;
+            };
+            if let Ok(Ok(identity)) = tokio::time::timeout(BOUND, route::identity(&client)).await {
+                self.upstream = Some(client);
+                return (!identity.in_recovery).then_some(identity);
+            }
+        }
+        None
+    }
 }
 
 #[cfg(test)]

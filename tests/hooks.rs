@@ -1095,3 +1095,39 @@ fn a_resume_that_cannot_reach_pgbouncer_at_first_is_tried_again() {
     assert_eq!(summary(&stderr)["outcome"], "resumed", "{stderr}");
     assert!(!pgb.is_paused(), "{stderr}");
 }
+
+#[test]
+fn the_watchdog_keeps_its_sessions_instead_of_logging_in_every_look() {
+    let pg = Postgres::start_primary();
+    let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
+    let logins = |text: &str, db: &str| text.matches(&format!("login attempt: db={db} ")).count();
+    let admin_before = logins(&pgb.log(), "pgbouncer");
+    let log = pgb.dir.join("watchdog-quiet.log");
+    let mut cmd = hook(
+        "on-role-change",
+        &[
+            "--watch",
+            "--watch-interval",
+            "50ms",
+            "--watch-for",
+            "2s",
+            "--pgbouncer",
+            &pgb.admin_url(),
+            "--upstream",
+            &pg.url(),
+        ],
+        PgBouncer::ADMIN_PASSWORD,
+    );
+    cmd.env("HOOKS_LOG_FORMAT", "json");
+    let mut dog = spawn_logged(cmd, &log);
+    let status = common::wait_until(
+        "the watchdog to stop",
+        HOOK_TIMEOUT,
+        Duration::from_millis(50),
+        || dog.try_wait().unwrap(),
+    );
+    assert!(status.success(), "{}", read(&log));
+    // About 40 looks in 2 s, and one admin login (it was one a look).
+    let admin = logins(&pgb.log(), "pgbouncer") - admin_before;
+    assert!(admin <= 2, "{admin} admin logins in 2 s:\n{}", pgb.log());
+}
