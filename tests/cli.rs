@@ -1,6 +1,6 @@
 //! Both binaries from the outside, with no servers: dry runs, exit codes, messages, `--help`.
 
-mod common;
+use pph_support as common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -20,18 +20,25 @@ const HISTORY_M1_NEWEST: &str = "TL\tLSN\tReason\tTimestamp\tNew Leader\n\
                                  1\t25165984\tno recovery target specified\t2026-11-27T10:00:00+00:00\tm2\n\
                                  2\t33554592\tno recovery target specified\t2026-11-27T10:05:00+00:00\tm1\n";
 
-struct Scratch(PathBuf);
+/// A scratch directory for one test, removed when it goes out of scope.
+struct Scratch(tempfile::TempDir);
 
 impl Scratch {
     fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("pph-cli-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
+        Scratch(
+            tempfile::Builder::new()
+                .prefix(&format!("pph-cli-{name}-"))
+                .tempdir()
+                .unwrap(),
+        )
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
     }
 
     fn file(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
+        let path = self.path().join(name);
         std::fs::write(&path, text).unwrap();
         path
     }
@@ -40,12 +47,6 @@ impl Scratch {
         let path = self.file(name, &format!("#!/bin/sh\n{body}\n"));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -199,7 +200,7 @@ fn bad_cluster_views_are_one_clear_line_and_exit_1() {
 #[test]
 fn patronictl_problems() {
     let s = Scratch::new("patronictl");
-    let args_log = s.0.join("args.log");
+    let args_log = s.path().join("args.log");
     let good = s.script(
         "good",
         &format!(
@@ -212,7 +213,7 @@ fn patronictl_problems() {
     let failing = s.script("failing", "echo 'Error: cannot reach the DCS' >&2; exit 3");
     let garbage = s.script("garbage", "echo '<html>nope</html>'");
     let hanging = s.script("hanging", "exec sleep 30");
-    let missing = s.0.join("not-there");
+    let missing = s.path().join("not-there");
 
     let mut cmd = hook("before-stop");
     cmd.args(["--dry-run", "--member", "m1", "--patronictl"])
@@ -440,7 +441,7 @@ fn unreachable_local_postgres_and_missing_password_file() {
         .arg(&list)
         .args(["--pgbouncer", "postgresql://admin@127.0.0.1:1/pgbouncer"])
         .arg("--pgbouncer-password-file")
-        .arg(s.0.join("no-such-secret"));
+        .arg(s.path().join("no-such-secret"));
     let (code, _, stderr) = run(cmd, None);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(

@@ -10,6 +10,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
+
+use pph_support as common;
 
 const BEFORE_STOP: &str = env!("CARGO_BIN_EXE_before-stop");
 const ON_ROLE_CHANGE: &str = env!("CARGO_BIN_EXE_on-role-change");
@@ -19,21 +22,15 @@ fn repo() -> PathBuf {
 }
 
 fn run_script(args: &[&str]) -> String {
-    let out = Command::new(repo().join(args[0]))
-        .args(&args[1..])
-        .current_dir(repo())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", args[0]));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = Command::new(repo().join(args[0]));
+    cmd.args(&args[1..]).current_dir(repo());
+    let (status, out, err) = common::run(&mut cmd, Duration::from_secs(600))
+        .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
+    let text = format!("{out}{err}");
     assert!(
-        out.status.success(),
-        "{} exited with {:?}:\n{text}",
-        args.join(" "),
-        out.status
+        status.success(),
+        "{} exited with {status:?}:\n{text}",
+        args.join(" ")
     );
     text
 }
@@ -54,12 +51,9 @@ fn unpacked() -> PathBuf {
 }
 
 fn exec(exe: &Path, args: &[&str]) -> Output {
-    Command::new(exe)
-        .args(args)
-        .env_clear()
-        .current_dir("/")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()))
+    let mut cmd = Command::new(exe);
+    cmd.args(args).env_clear().current_dir("/");
+    common::run_with_timeout(cmd, Duration::from_secs(30))
 }
 
 /// (exit code, stdout): what a dry run decides. Logs (stderr) carry timestamps: not compared.

@@ -9,7 +9,7 @@
 //!   cargo test --release --test e2e -- --ignored --nocapture bench_switchover
 //!   cargo test --release --test e2e -- --ignored --nocapture demo_switchover
 
-mod cluster;
+use pph_support::cluster;
 
 use std::sync::Mutex;
 use std::time::Duration;

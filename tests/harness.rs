@@ -1,7 +1,7 @@
 //! Proves the integration-test harness and the PgBouncer behaviour the hooks rely on,
 //! with real servers and without the hook binaries.
 
-mod common;
+use pph_support as common;
 
 use common::{spawn_psql, PgBouncer, PgBouncerBuild, Postgres};
 use std::time::Duration;
@@ -144,7 +144,8 @@ fn standby_replicates_and_promotes() {
         "-c",
         "SELECT pg_is_in_recovery()",
     ]);
-    assert_eq!(common::run_ok(c, common::CMD_TIMEOUT).trim(), "f");
+    let out = common::run_ok(&mut c, common::CMD_TIMEOUT).unwrap();
+    assert_eq!(out.trim(), "f");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! current one), all on 127.0.0.1: what a client sees is the assertion, and what the hooks
 //! say is read from their structured events (`--log-format json`), not from their wording.
 
-mod common;
+use pph_support as common;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

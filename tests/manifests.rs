@@ -7,6 +7,9 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
+
+use pph_support as common;
 
 const BEFORE_STOP: &str = env!("CARGO_BIN_EXE_before-stop");
 const ON_ROLE_CHANGE: &str = env!("CARGO_BIN_EXE_on-role-change");
@@ -16,11 +19,9 @@ fn repo() -> PathBuf {
 }
 
 fn help(exe: &str) -> String {
-    let out = Command::new(exe)
-        .arg("--help")
-        .env_clear()
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {exe} --help: {e}"));
+    let mut cmd = Command::new(exe);
+    cmd.arg("--help").env_clear();
+    let out = common::run_with_timeout(cmd, Duration::from_secs(30));
     assert!(
         out.status.success(),
         "{exe} --help exited with {:?}: {}",

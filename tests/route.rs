@@ -14,7 +14,7 @@
 //! on a busy machine does not blur them. `PPH_ROUTE_RUNS=N` repeats each scenario N times;
 //! with `--include-ignored --nocapture` that gives the numbers in docs/route.md.
 
-mod common;
+use pph_support as common;
 
 use std::collections::HashMap;
 use std::io::ErrorKind;

@@ -1,9 +1,10 @@
-//! Integration-test harness: starts REAL servers (PostgreSQL 15, PgBouncer 1.18 and
-//! 1.24+) on 127.0.0.1, on free ports, in private directories under
-//! `/tmp/pph-tests` (override with `PPH_TEST_ROOT`), and stops them by PID on Drop.
+//! The one test harness: starts REAL servers (PostgreSQL 15, PgBouncer 1.18 and 1.24+, and
+//! in [`cluster`] whole Patroni clusters with etcd and HAProxy) on 127.0.0.1, on free ports,
+//! in private directories under `/tmp/pph-tests` (override with `PPH_TEST_ROOT`), and stops
+//! them by PID on Drop.
 //!
-//! Use from a test file with `mod common;`. Machine prerequisites come from
-//! `scripts/setup`.
+//! A library crate of its own (a dev-dependency), so it is compiled once for every test
+//! file: `use pph_support as common;`. Machine prerequisites come from `scripts/setup`.
 //!
 //! * Servers run as user `postgres` when the tests run as root (initdb/postgres refuse
 //!   root, PgBouncer too): `setpriv --reuid=postgres --regid=postgres --init-groups
@@ -20,33 +21,22 @@
 //! Environment overrides: `PPH_PG_BIN` (default `/usr/lib/postgresql/15/bin`),
 //! `PPH_PGBOUNCER_DEBIAN` (default `/usr/sbin/pgbouncer`), `PPH_PGBOUNCER_TRIXIE`
 //! (default `/opt/pgbouncer-trixie/bin/pgbouncer`), `PPH_TEST_ROOT`.
-#![allow(dead_code)]
 
-use std::collections::HashSet;
+pub mod cluster;
+
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Read;
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Path of a binary target of this package, e.g. `bin!("before-stop")`.
-/// `CARGO_BIN_EXE_<name>` exists at compile time of integration tests only.
-#[macro_export]
-macro_rules! bin {
-    ($name:literal) => {
-        ::std::path::PathBuf::from(env!(concat!("CARGO_BIN_EXE_", $name)))
-    };
-}
-
-/// Runtime variant of [`bin!`]: `CARGO_BIN_EXE_<name>` if set in the environment,
-/// else `<target>/<profile>/<name>` next to the test executable's `deps/` directory
-/// (where cargo puts bin targets it builds for integration tests).
+/// A binary target of this package: `CARGO_BIN_EXE_<name>` if set in the environment, else
+/// `<target>/<profile>/<name>` next to the test executable's `deps/` directory (where cargo
+/// puts the bin targets it builds for integration tests).
 pub fn bin(name: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(format!("CARGO_BIN_EXE_{name}")) {
         return PathBuf::from(p);
@@ -61,6 +51,9 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+pub mod process;
+pub use process::*;
+
 // ------------------------------------------------------------------ plumbing
 
 /// Default bound for short commands (psql, pg_ctl, ...).
@@ -71,174 +64,12 @@ pub fn pg_bin(tool: &str) -> PathBuf {
     PathBuf::from(dir).join(tool)
 }
 
-fn is_root() -> bool {
-    static ROOT: OnceLock<bool> = OnceLock::new();
-    *ROOT.get_or_init(|| {
-        let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-        status
-            .lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(2)) // effective uid
-            .map(|uid| uid == "0")
-            .unwrap_or(false)
-    })
-}
-
-/// (uid, gid) of user `postgres`, from /etc/passwd.
-fn postgres_ids() -> (u32, u32) {
-    static IDS: OnceLock<(u32, u32)> = OnceLock::new();
-    *IDS.get_or_init(|| {
-        let passwd = fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
-        for line in passwd.lines() {
-            let f: Vec<&str> = line.split(':').collect();
-            if f.len() > 3 && f[0] == "postgres" {
-                return (f[2].parse().unwrap(), f[3].parse().unwrap());
-            }
-        }
-        panic!("no user postgres in /etc/passwd (run scripts/setup)");
-    })
-}
-
-/// Remove libpq variables inherited from the environment so they cannot redirect
-/// a client or a server.
-fn scrub_env(cmd: &mut Command) {
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("PG") {
-            cmd.env_remove(&k);
-        }
-    }
-}
-
-/// A command that runs `program` as user `postgres` when we are root (else as
-/// ourselves), with `pdeathsig` delivered if the starting thread dies.
-fn as_postgres(program: &Path, pdeathsig: Option<&str>) -> Command {
-    let mut cmd = if is_root() {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"]);
-        if let Some(sig) = pdeathsig {
-            c.arg(format!("--pdeathsig={sig}"));
-        }
-        c.arg("--").arg(program);
-        c
-    } else {
-        Command::new(program)
-    };
-    scrub_env(&mut cmd);
-    cmd.env("HOME", "/tmp").current_dir("/");
-    cmd
-}
-
 /// A client command (psql etc.) with a scrubbed libpq environment.
 pub fn client(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new(program);
     scrub_env(&mut cmd);
     cmd.env("PGCONNECT_TIMEOUT", "5");
     cmd
-}
-
-/// Runs `cmd` with piped stdout/stderr (stdin closed); kills the child by PID when
-/// `timeout` elapses. A timed-out command returns a non-success status (killed by
-/// SIGKILL) and its stderr ends with `[pph: timed out after ...]`.
-pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
-    let program = format!("{:?}", cmd.get_program());
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
-    let out_t = drain(child.stdout.take().unwrap());
-    let err_t = drain(child.stderr.take().unwrap());
-    let deadline = Instant::now() + timeout;
-    let (status, timed_out) = loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            break (st, false);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill(); // SIGKILL to this PID only
-            break (child.wait().expect("wait"), true);
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    let stdout = out_t.join().unwrap();
-    let mut stderr = err_t.join().unwrap();
-    if timed_out {
-        stderr.extend_from_slice(format!("\n[pph: timed out after {timeout:?}]").as_bytes());
-    }
-    Output {
-        status,
-        stdout,
-        stderr,
-    }
-}
-
-fn drain(mut r: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = r.read_to_end(&mut buf);
-        buf
-    })
-}
-
-/// Like [`run_with_timeout`] but panics (with stdout/stderr) unless the command
-/// succeeds; returns stdout.
-pub fn run_ok(cmd: Command, timeout: Duration) -> String {
-    let desc = format!("{cmd:?}");
-    let out = run_with_timeout(cmd, timeout);
-    if !out.status.success() {
-        panic!(
-            "command failed ({}): {desc}\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Polls `f` every `every` until it returns `Some`, at most `timeout`; panics with
-/// `what` on timeout.
-pub fn wait_until<T>(
-    what: &str,
-    timeout: Duration,
-    every: Duration,
-    mut f: impl FnMut() -> Option<T>,
-) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if start.elapsed() >= timeout {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        thread::sleep(every);
-    }
-}
-
-/// Sends `sig` (e.g. "QUIT", "KILL") to one PID with kill(1).
-pub fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// Waits at most `timeout` for `child` to exit; SIGKILLs it (by PID) if it does not.
-fn reap(child: &mut Child, timeout: Duration) -> ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            return st;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            return child.wait().expect("wait");
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
 }
 
 // ------------------------------------------------------- directories & ports
@@ -297,37 +128,11 @@ pub fn new_dir(kind: &str) -> PathBuf {
     dir
 }
 
-fn chown_postgres(path: &Path) {
-    if is_root() {
-        let (uid, gid) = postgres_ids();
-        std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
-    }
-}
-
 /// Writes a file readable by the servers (owned by postgres, mode 0600).
 fn write_private(path: &Path, contents: &str) {
     fs::write(path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
     chown_postgres(path);
-}
-
-/// A free TCP port on 127.0.0.1 (bound with port 0, then released). Never hands out
-/// the same port twice within one test process; a race with another process is
-/// handled by the servers' start-up retry.
-pub fn free_port() -> u16 {
-    static USED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    for _ in 0..100 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("bind 127.0.0.1:0")
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut used = USED.lock().unwrap();
-        if used.get_or_insert_with(HashSet::new).insert(port) {
-            return port;
-        }
-    }
-    panic!("no free port found");
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -371,7 +176,7 @@ fn template() -> PathBuf {
         .get_or_init(|| {
             let dir = new_dir("template");
             let data = dir.join("data");
-            let mut c = as_postgres(&pg_bin("initdb"), Some("KILL"));
+            let mut c = as_postgres_dying_with(pg_bin("initdb"), Some("KILL"));
             c.arg("-D").arg(&data).args([
                 "-U",
                 "postgres",
@@ -382,7 +187,7 @@ fn template() -> PathBuf {
                 "--no-sync",
                 "--no-instructions",
             ]);
-            run_ok(c, Duration::from_secs(120));
+            run_ok(&mut c, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"));
             // pg_hba from initdb --auth=trust already trusts local sockets and
             // 127.0.0.1/::1 for all databases and for replication.
             let mut pg = Postgres::spawn(dir.clone());
@@ -429,16 +234,16 @@ impl Postgres {
     pub fn start_primary() -> Postgres {
         let tpl = template().join("data");
         let dir = new_dir("pg");
-        let mut c = as_postgres(Path::new("cp"), None);
+        let mut c = as_postgres(Path::new("cp"));
         c.arg("-a").arg(&tpl).arg(dir.join("data"));
-        run_ok(c, Duration::from_secs(60));
+        run_ok(&mut c, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
         Postgres::spawn(dir)
     }
 
     /// A streaming hot standby of `primary` (pg_basebackup -R), started and streaming.
     pub fn start_standby(primary: &Postgres) -> Postgres {
         let dir = new_dir("standby");
-        let mut c = as_postgres(&pg_bin("pg_basebackup"), None);
+        let mut c = as_postgres(pg_bin("pg_basebackup"));
         c.args([
             "-h",
             "127.0.0.1",
@@ -450,7 +255,7 @@ impl Postgres {
         ])
         .arg(dir.join("data"))
         .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
-        run_ok(c, Duration::from_secs(60));
+        run_ok(&mut c, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
         let pg = Postgres::spawn(dir);
         wait_until(
             "standby streaming",
@@ -493,7 +298,7 @@ impl Postgres {
                 .open(&log)
                 .unwrap();
             chown_postgres(&log);
-            let mut c = as_postgres(&pg_bin("postgres"), Some("QUIT"));
+            let mut c = as_postgres_dying_with(pg_bin("postgres"), Some("QUIT"));
             c.arg("-D")
                 .arg(dir.join("data"))
                 .arg("-p")
@@ -589,12 +394,12 @@ impl Postgres {
 
     /// `pg_ctl promote --no-wait`.
     pub fn promote(&self) {
-        let mut c = as_postgres(&pg_bin("pg_ctl"), None);
+        let mut c = as_postgres(pg_bin("pg_ctl"));
         c.arg("promote")
             .arg("-D")
             .arg(self.data_dir())
             .arg("--no-wait");
-        run_ok(c, CMD_TIMEOUT);
+        run_ok(&mut c, CMD_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Runs `psql -XAtq -v ON_ERROR_STOP=1 -c SQL` as `postgres` over TCP; panics with
@@ -621,7 +426,7 @@ impl Postgres {
             if child.try_wait().ok().flatten().is_none() {
                 signal(child.id(), "QUIT");
             }
-            reap(&mut child, Duration::from_secs(10));
+            let _ = reap(&mut child, Duration::from_secs(10));
         }
     }
 
@@ -638,7 +443,7 @@ impl Postgres {
             if child.try_wait().ok().flatten().is_none() {
                 signal(child.id(), "INT");
             }
-            reap(&mut child, Duration::from_secs(30));
+            let _ = reap(&mut child, Duration::from_secs(30));
         }
     }
 }
@@ -701,7 +506,7 @@ impl PgBouncerBuild {
     pub fn version(self) -> String {
         let mut c = Command::new(self.path());
         c.arg("--version");
-        let out = run_ok(c, CMD_TIMEOUT);
+        let out = run_ok(&mut c, CMD_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
         // "PgBouncer 1.24.1\nlibevent ..."
         out.split_whitespace()
             .nth(1)
@@ -777,7 +582,7 @@ impl PgBouncer {
                 .append(true)
                 .open(&errlog)
                 .unwrap();
-            let mut c = as_postgres(&self.build.path(), Some("KILL"));
+            let mut c = as_postgres_dying_with(self.build.path(), Some("KILL"));
             c.arg(dir.join("pgbouncer.ini"));
             c.stdin(Stdio::null())
                 .stdout(stderr.try_clone().unwrap())
@@ -924,7 +729,7 @@ impl PgBouncer {
             "SHOW POOLS",
         ]);
         c.env("PGPASSWORD", Self::ADMIN_PASSWORD);
-        let out = run_ok(c, CMD_TIMEOUT);
+        let out = run_ok(&mut c, CMD_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
         let mut lines = out.lines();
         let header: Vec<&str> = lines.next().unwrap_or_default().split('|').collect();
         for l in lines {

@@ -6,7 +6,6 @@
 //! Workload: pgbench (with `-l`, parsed for failures and the longest gap between
 //! committed transactions) and a reconnecting probe client (tokio-postgres) that
 //! counts every error it sees.
-#![allow(dead_code)]
 
 pub mod bench;
 pub mod util;
@@ -90,8 +89,9 @@ pub struct Tools {
     pub tini: PathBuf,
 }
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+/// The repository: this crate lives in tests/support/.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn mtime(p: &Path) -> std::time::SystemTime {
@@ -139,7 +139,7 @@ pub fn hooks_dir() -> Res<PathBuf> {
             Err(format!("E2E_HOOKS_DIR={}: no hook binaries", d.display()))
         };
     }
-    let built = PathBuf::from(env!("CARGO_BIN_EXE_before-stop"));
+    let built = crate::bin("before-stop");
     if let Some(dir) = built.parent() {
         if dir.ends_with("release") && has(dir) {
             return Ok(dir.to_path_buf());
@@ -694,7 +694,7 @@ postgresql:
     }
 
     fn start_patroni(&mut self, i: usize) -> Res<()> {
-        let mut cmd = as_postgres(&self.tools.tini.display().to_string());
+        let mut cmd = as_postgres(&self.tools.tini);
         cmd.args(["-s", "--"])
             .arg(self.tools.venv.join("bin/patroni"))
             .arg(&self.members[i].cfg);
@@ -833,7 +833,7 @@ ignore_startup_parameters = extra_float_digits
             ),
         );
         chown_postgres(&b.dir);
-        let mut cmd = as_postgres(&b.bin.display().to_string());
+        let mut cmd = as_postgres(&b.bin);
         cmd.arg(&ini);
         let p = Proc::spawn(
             &format!("pgbouncer{}", i + 1),
