@@ -2,7 +2,7 @@
 //! under pgbench, with the release hook binaries configured in Patroni exactly as a user
 //! would. See docs/e2e.md.
 //!
-//! Select Patroni with E2E_PATRONI=3|4|both (default both). Each scenario starts its own
+//! Select Patroni with PPH_PATRONI=3|4|both (default both). Each scenario starts its own
 //! cluster; a static mutex runs them one at a time.
 //!
 //! Ignored (run by scripts/bench and scripts/demo):
@@ -27,14 +27,14 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 /// pgbench -T for every scenario (the issue fixes it at 40 s).
 fn bench_secs() -> u64 {
-    std::env::var("E2E_PGBENCH_SECS")
+    std::env::var("PPH_PGBENCH_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(40)
 }
 
 fn wants(patroni: u8) -> bool {
-    match std::env::var("E2E_PATRONI")
+    match std::env::var("PPH_PATRONI")
         .unwrap_or_else(|_| "both".into())
         .as_str()
     {
@@ -290,7 +290,7 @@ fn scenario(
         rest_fallbacks: c.rest_fallbacks(),
     };
     o.record();
-    if std::env::var("E2E_KEEP").is_ok_and(|v| v == "1") {
+    if std::env::var("PPH_KEEP").is_ok_and(|v| v == "1") {
         c.keep = true;
     }
     // The caller holds the guard over its assertions: a failing one keeps the logs.
@@ -587,7 +587,7 @@ fn control_without_hooks() {
 }
 
 fn out_dir(sub: &str) -> std::path::PathBuf {
-    let d = std::env::var("E2E_OUT")
+    let d = std::env::var("PPH_OUT")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| {
             std::env::var("CARGO_TARGET_DIR")
@@ -610,8 +610,8 @@ fn bench_patroni() -> u8 {
     }
 }
 
-/// Benchmark: on one cluster, E2E_BENCH_RUNS (3) switchovers without hooks and as many
-/// with them (alternating), each under pgbench; then E2E_BENCH_CTL_RUNS (1) with the hooks
+/// Benchmark: on one cluster, PPH_BENCH_RUNS (3) switchovers without hooks and as many
+/// with them (alternating), each under pgbench; then PPH_BENCH_CTL_RUNS (1) with the hooks
 /// but before-stop reading the view with patronictl (REST API URL unset), for comparison;
 /// then `patronictl list` + `patronictl history` one after the other, 3 times under the same
 /// pgbench load and 3 times idle: the yardstick of before-stop's target (at most half of
@@ -621,7 +621,7 @@ fn bench_patroni() -> u8 {
 #[ignore]
 fn bench_switchover() {
     let _g = serial();
-    let n: usize = std::env::var("E2E_BENCH_RUNS")
+    let n: usize = std::env::var("PPH_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
@@ -651,7 +651,7 @@ fn bench_switchover() {
             runs.push(r);
         }
     }
-    let ctl_runs: usize = std::env::var("E2E_BENCH_CTL_RUNS")
+    let ctl_runs: usize = std::env::var("PPH_BENCH_CTL_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
@@ -797,7 +797,7 @@ type DemoCell = Box<dyn Fn(&RunStats) -> String>;
 #[ignore]
 fn demo_switchover() {
     let _g = serial();
-    let secs: u64 = std::env::var("E2E_DEMO_SECS")
+    let secs: u64 = std::env::var("PPH_DEMO_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);

@@ -18,9 +18,11 @@
 //!   kept for post-mortem (path printed on stderr) and removed by a later run once its
 //!   owning process is gone and it is 15 minutes old.
 //!
-//! Environment overrides: `PPH_PG_BIN` (default `/usr/lib/postgresql/15/bin`),
-//! `PPH_PGBOUNCER_DEBIAN` (default `/usr/sbin/pgbouncer`), `PPH_PGBOUNCER_TRIXIE`
-//! (default `/opt/pgbouncer-trixie/bin/pgbouncer`), `PPH_TEST_ROOT`.
+//! Environment overrides, all `PPH_*`: `PPH_PG_BIN` (default `/usr/lib/postgresql/15/bin`),
+//! `PPH_PGBOUNCER_DEBIAN` (default `/usr/sbin/pgbouncer`), `PPH_PGBOUNCER_TRIXIE` (default
+//! `/opt/pgbouncer-trixie/bin/pgbouncer`), `PPH_TEST_ROOT`; for the cluster (docs/e2e.md):
+//! `PPH_PATRONI` (3, 4 or both), `PPH_KEEP`, `PPH_HOOKS_DIR`, `PPH_E2E_TMP`, `PPH_OUT`,
+//! `PPH_PGBENCH_SECS` and the benchmark's `PPH_BENCH_*`.
 
 pub mod cluster;
 

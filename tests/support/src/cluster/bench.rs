@@ -2,7 +2,7 @@
 //! pgbench + probe through PgBouncer, `patronictl switchover`, then the numbers:
 //! failures, longest stall, the floor Patroni imposes (old primary's shutdown request to
 //! the new primary's `received promote request`, from Postgres' logs), the hooks' own
-//! wall time (their `... done ... total_ms=` summary lines) and peak RSS (/usr/bin/time -v).
+//! wall time (their summary events' `total_ms`) and peak RSS (/usr/bin/time -v).
 //! Also the yardstick of before-stop's target: `patronictl list` then `patronictl history`,
 //! one after the other, on the same cluster.
 
@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use super::util::*;
 use super::workload::{Pgbench, PgbenchResult, Probe, ProbeResult};
-use super::{Cluster, Hooks, ViewSource, REST_FALLBACK};
+use super::{fell_back, hook_summaries, Cluster, Hooks, ViewSource};
 
 #[derive(Debug, Clone, Default)]
 pub struct HookRun {
-    /// the hook's own summary line: total_ms=
+    /// the hook's own summary event: total_ms
     pub total_ms: Option<f64>,
-    /// before-stop's summary line: read_view_ms= (reading the cluster view)
+    /// before-stop's summary event: read_view_ms (reading the cluster view)
     pub read_view_ms: Option<f64>,
     /// /usr/bin/time -v: elapsed wall (10 ms resolution), max RSS, CPU
     pub wall_ms: Option<f64>,
@@ -73,16 +73,6 @@ fn len_of(path: &Path) -> usize {
     std::fs::metadata(path)
         .map(|m| m.len() as usize)
         .unwrap_or(0)
-}
-
-/// `key=123` or `key=123.4` in a log line.
-fn kv_num(line: &str, key: &str) -> Option<f64> {
-    let i = line.find(&format!("{key}="))? + key.len() + 1;
-    let v: String = line[i..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
-    v.parse().ok()
 }
 
 /// Entries of `/usr/bin/time -v -a -o FILE`, each with the command it timed.
@@ -191,20 +181,19 @@ pub fn switchover_run(c: &mut Cluster, hooks: Hooks, secs: u64, warmup: Duration
         let tm = &c.members[ti];
         let log_from = tail_from(&fm.patroni_log(), offs[fi].0);
         let log_to = tail_from(&tm.patroni_log(), offs[ti].0);
-        if let Some(l) = log_from.lines().find(|l| l.contains("before-stop done")) {
-            st.before_stop.total_ms = kv_num(l, "total_ms");
-            st.before_stop.read_view_ms = kv_num(l, "read_view_ms");
-            st.before_stop.summary = l.to_string();
+        let stopped = hook_summaries(&log_from, "before-stop");
+        if let Some(e) = stopped.first() {
+            st.before_stop.total_ms = e["total_ms"].as_f64();
+            st.before_stop.read_view_ms = e["read_view_ms"].as_f64();
+            st.before_stop.summary = e.to_string();
         }
-        st.rest_fallback = log_from
-            .lines()
-            .any(|l| l.contains("before-stop done") && l.contains(REST_FALLBACK));
-        if let Some(l) = log_to
-            .lines()
-            .find(|l| l.contains("on-role-change done") && l.contains("resume"))
+        st.rest_fallback = stopped.iter().any(fell_back);
+        if let Some(e) = hook_summaries(&log_to, "on-role-change")
+            .into_iter()
+            .find(|e| e["decision"] == "Resume")
         {
-            st.on_role_change.total_ms = kv_num(l, "total_ms");
-            st.on_role_change.summary = l.to_string();
+            st.on_role_change.total_ms = e["total_ms"].as_f64();
+            st.on_role_change.summary = e.to_string();
         }
         if hooks == Hooks::Timed {
             let bs = time_entries(&tail_from(&fm.dir.join("time-before-stop.log"), offs[fi].1));

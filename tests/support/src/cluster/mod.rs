@@ -25,9 +25,20 @@ pub const ADMIN_PASSWORD: &str = "admin-secret";
 pub const SUPER_PASSWORD: &str = "super-secret";
 pub const REPL_PASSWORD: &str = "repl-secret";
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-/// The field of before-stop's summary event (`before-stop done`) when the view came from
-/// patronictl: with the REST API configured, that means REST failed or lost the race.
-pub const REST_FALLBACK: &str = "source=\"patronictl\"";
+/// The hooks' summary events (`event=summary`, docs/reference.md) of `hook` in `text` (a
+/// Patroni log: the hooks log JSON there, `HOOKS_LOG_FORMAT=json`), in order.
+pub fn hook_summaries(text: &str, hook: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line.trim()).ok())
+        .filter(|e| e["event"] == "summary" && e["hook"] == hook)
+        .collect()
+}
+
+/// Whether a before-stop summary read its view from patronictl: with the REST API
+/// configured, REST failed or lost the race.
+pub fn fell_back(summary: &serde_json::Value) -> bool {
+    summary["source"] == "patronictl"
+}
 
 /// How the hooks are wired into Patroni.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,7 +134,7 @@ fn newest_source() -> std::time::SystemTime {
 }
 
 /// The release hook binaries, as a user would install them:
-/// 1. $E2E_HOOKS_DIR if set;
+/// 1. $PPH_HOOKS_DIR if set;
 /// 2. under `cargo test --release`, the binaries cargo has just built for this very test
 ///    run (target/release, fresh by construction);
 /// 3. else the newest of target/x86_64-unknown-linux-musl/release and target/release,
@@ -131,12 +142,12 @@ fn newest_source() -> std::time::SystemTime {
 pub fn hooks_dir() -> Res<PathBuf> {
     let has = |d: &Path| d.join("before-stop").is_file() && d.join("on-role-change").is_file();
     let mut cands = vec![];
-    if let Ok(d) = std::env::var("E2E_HOOKS_DIR") {
+    if let Ok(d) = std::env::var("PPH_HOOKS_DIR") {
         let d = PathBuf::from(d);
         return if has(&d) {
             Ok(d)
         } else {
-            Err(format!("E2E_HOOKS_DIR={}: no hook binaries", d.display()))
+            Err(format!("PPH_HOOKS_DIR={}: no hook binaries", d.display()))
         };
     }
     let built = crate::bin("before-stop");
@@ -188,7 +199,7 @@ pub fn hooks_dir() -> Res<PathBuf> {
             Ok(dir.to_path_buf())
         }
         _ => Err(
-            "hook binaries not found: run `cargo build --release` (or set E2E_HOOKS_DIR)".into(),
+            "hook binaries not found: run `cargo build --release` (or set PPH_HOOKS_DIR)".into(),
         ),
     }
 }
@@ -196,7 +207,7 @@ pub fn hooks_dir() -> Res<PathBuf> {
 impl Tools {
     pub fn find(patroni: u8, need_hooks: bool) -> Res<Tools> {
         let venv = PathBuf::from(
-            std::env::var(format!("E2E_PATRONI{patroni}_VENV"))
+            std::env::var(format!("PPH_PATRONI{patroni}_VENV"))
                 .unwrap_or_else(|_| format!("/opt/patroni{patroni}")),
         );
         let need = |p: PathBuf| -> Res<PathBuf> {
@@ -207,10 +218,10 @@ impl Tools {
             }
         };
         let mut pgbouncer = vec![need(PathBuf::from(
-            std::env::var("E2E_PGBOUNCER").unwrap_or_else(|_| "/usr/sbin/pgbouncer".into()),
+            std::env::var("PPH_PGBOUNCER_DEBIAN").unwrap_or_else(|_| "/usr/sbin/pgbouncer".into()),
         ))?];
         let newer = PathBuf::from(
-            std::env::var("E2E_PGBOUNCER_NEW")
+            std::env::var("PPH_PGBOUNCER_TRIXIE")
                 .unwrap_or_else(|_| "/opt/pgbouncer-trixie/bin/pgbouncer".into()),
         );
         pgbouncer.push(if newer.is_file() {
@@ -367,7 +378,7 @@ pub struct Cluster {
     pub hooks: Hooks,
     /// before-stop's source of the cluster view (changed with `set_view`).
     pub view: ViewSource,
-    /// Keep the temp dir (logs) after the test: set on failure or by E2E_KEEP=1.
+    /// Keep the temp dir (logs) after the test: set on failure or by PPH_KEEP=1.
     pub keep: bool,
     stopped: bool,
 }
@@ -393,7 +404,7 @@ impl Cluster {
     /// streaming), the app database exists and pgbench tables are initialised.
     pub fn start(opts: Opts) -> Res<Cluster> {
         let tools = Tools::find(opts.patroni, opts.hooks != Hooks::Off)?;
-        let base = std::env::var("E2E_TMP").unwrap_or_else(|_| "/tmp".into());
+        let base = std::env::var("PPH_E2E_TMP").unwrap_or_else(|_| "/tmp".into());
         let dir = PathBuf::from(base).join(format!(
             "e2e-{}-p{}-{}-{}",
             opts.label,
@@ -417,7 +428,7 @@ impl Cluster {
             haproxy: None,
             members: vec![],
             bouncers: vec![],
-            keep: std::env::var("E2E_KEEP").is_ok_and(|v| v == "1"),
+            keep: std::env::var("PPH_KEEP").is_ok_and(|v| v == "1"),
             stopped: false,
         };
         log(format!(
@@ -666,6 +677,8 @@ postgresql:
                 self.tools.venv.join("bin/patronictl").display().to_string(),
             ),
             ("PGBOUNCER_URLS".into(), urls.join(",")),
+            // Structured events: the harness reads the summaries, not the wording.
+            ("HOOKS_LOG_FORMAT".into(), "json".into()),
             ("PGBOUNCER_PASSWORD".into(), ADMIN_PASSWORD.into()),
             (
                 "HOOKS_POSTGRES_URL".into(),
@@ -1039,10 +1052,10 @@ ignore_startup_parameters = extra_float_digits
         self.members
             .iter()
             .flat_map(|m| {
-                read(&m.patroni_log())
-                    .lines()
-                    .filter(|l| l.contains("before-stop done") && l.contains(REST_FALLBACK))
-                    .map(|l| format!("{}: {l}", m.name))
+                hook_summaries(&read(&m.patroni_log()), "before-stop")
+                    .into_iter()
+                    .filter(fell_back)
+                    .map(|e| format!("{}: {e}", m.name))
                     .collect::<Vec<_>>()
             })
             .collect()
