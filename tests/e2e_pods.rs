@@ -216,6 +216,7 @@ fn scenario(
     let probe = Probe::start(port, Duration::from_secs(secs() + 60));
     std::thread::sleep(warmup);
     let mut facts = Facts::new();
+    let action_start = now_us();
     let settle_until = match action(&mut c, &mut facts) {
         Ok(t) => t,
         Err(e) => {
@@ -258,7 +259,7 @@ fn scenario(
         .bouncer_paused(0)
         .unwrap_or_else(|e| panic!("pgbouncer state: {e}"));
     let spans = workload::pause_spans(&events, now_us());
-    for (k, v) in hook_summaries(&c) {
+    for (k, v) in hook_summaries(&c, action_start) {
         facts.insert(k, v);
     }
     let o = Outcome {
@@ -279,9 +280,10 @@ fn scenario(
     (o, KeepOnFail(Some(c)))
 }
 
-/// Counts of the hooks' summary events (JSON logs in each member's Patroni log), as facts:
-/// `orc_<outcome>=n` for on-role-change, `bs_<outcome>=n` for before-stop, `nets_started=n`.
-fn hook_summaries(c: &Cluster) -> Vec<(String, String)> {
+/// Counts of the hooks' summary events logged from `since` on (JSON logs in each member's
+/// Patroni log), as facts: `orc_<outcome>=n` for on-role-change, `bs_<outcome>=n` for
+/// before-stop, `nets_armed=n`.
+fn hook_summaries(c: &Cluster, since: i64) -> Vec<(String, String)> {
     let mut n: BTreeMap<String, u32> = BTreeMap::new();
     for m in &c.members {
         for l in read(&m.patroni_log()).lines() {
@@ -289,6 +291,13 @@ fn hook_summaries(c: &Cluster) -> Vec<(String, String)> {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&l[j..]) else {
                 continue;
             };
+            if v["timestamp"]
+                .as_str()
+                .and_then(parse_log_ts)
+                .map_or(true, |t| t < since)
+            {
+                continue;
+            }
             let f = if v["fields"].is_object() {
                 &v["fields"]
             } else {
@@ -497,16 +506,15 @@ fn p3_resume_fails(p: u8, watchdog: bool) {
 }
 
 /// p4 (case C): the primary's pod is deleted under load: SIGTERM to its init, the grace
-/// period, SIGKILL; then the StatefulSet's fresh pod for it. before-stop reads the view
-/// with patronictl (see s5 in tests/e2e.rs: Patroni's REST API goes silent on SIGTERM).
+/// period, SIGKILL; then the StatefulSet's fresh pod for it. HAProxy does not cut
+/// sessions here (see `Opts::haproxy_cut_sessions`), so before-stop keeps its REST source.
 fn p4_delete_primary_pod(p: u8, watchdog: bool) {
     let label = if watchdog {
         "p4-delete-primary-pod-watchdog"
     } else {
         "p4-delete-primary-pod"
     };
-    let mut opts = pod_opts(label, p, watchdog);
-    opts.patroni_url = false;
+    let opts = pod_opts(label, p, watchdog);
     let (o, _c) = scenario(opts, Duration::from_secs(3), |c, facts| {
         leader_is(c, "m1")?;
         let t0 = now_us();

@@ -92,6 +92,12 @@ pub struct Opts {
     pub new_pgbouncer: bool,
     /// Extra lines for each pgbouncer.ini's [pgbouncer] section.
     pub pgbouncer_extra: Vec<String>,
+    /// HAProxy cuts established sessions to a server its check marks down
+    /// (`on-marked-down shutdown-sessions`). On for the classic scenarios; off in pod mode,
+    /// like a Kubernetes Service, whose endpoints change does not cut established
+    /// connections (Patroni's REST API goes silent on SIGTERM, which fails the check within
+    /// 1 s, before before-stop may have paused).
+    pub haproxy_cut_sessions: bool,
 }
 
 impl Opts {
@@ -110,6 +116,7 @@ impl Opts {
             admin_proxy: false,
             new_pgbouncer: false,
             pgbouncer_extra: vec![],
+            haproxy_cut_sessions: true,
         }
     }
 
@@ -122,6 +129,7 @@ impl Opts {
         o.grace = Duration::from_secs(5);
         o.new_pgbouncer = true;
         o.pgbouncer_extra = vec!["server_login_retry = 1".into()];
+        o.haproxy_cut_sessions = false;
         o
     }
 }
@@ -899,9 +907,14 @@ listen primary
     bind 127.0.0.1:{port}
     option httpchk GET /primary
     http-check expect status 200
-    default-server inter 200ms fastinter 50ms downinter 50ms rise 1 fall 1 on-marked-down shutdown-sessions
+    default-server inter 200ms fastinter 50ms downinter 50ms rise 1 fall 1{cut}
 "#,
-            port = self.haproxy_port
+            port = self.haproxy_port,
+            cut = if self.opts.haproxy_cut_sessions {
+                " on-marked-down shutdown-sessions"
+            } else {
+                ""
+            }
         );
         for m in &self.members {
             let _ = writeln!(
