@@ -1209,8 +1209,9 @@ ignore_startup_parameters = extra_float_digits
         };
         for i in order {
             if self.members[i].pod {
+                // the test is over and its data thrown away: no grace period
                 let name = self.members[i].name.clone();
-                if let Err(e) = self.delete_pod(&name, Duration::from_secs(30)) {
+                if let Err(e) = self.delete_pod(&name, Duration::ZERO) {
                     log(format!("stop {name}'s pod: {e}"));
                 }
                 continue;
