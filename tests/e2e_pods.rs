@@ -58,7 +58,7 @@ fn secs(default: u64) -> u64 {
 const WATCHDOG_MAX_PAUSE: Duration = Duration::from_secs(5);
 /// before-stop's own safety net (HOOKS_MAX_PAUSE) in these scenarios: longer than the
 /// watchdog's, short enough that the proofs can wait it out.
-const NET_MAX_PAUSE: Duration = Duration::from_secs(10);
+const NET_MAX_PAUSE: Duration = Duration::from_secs(15);
 /// Measuring slack on a pause bound: PgBouncer's log has ms stamps, the watchdog polls.
 const PAUSE_SLACK: Duration = Duration::from_millis(1500);
 /// How long the admin console is cut for the hooks in p3.
@@ -382,6 +382,47 @@ fn leader_is(c: &Cluster, want: &str) -> Res<()> {
     Ok(())
 }
 
+/// Waits until `want` is the leader and passes HAProxy's check (GET /primary), without
+/// waiting for the old primary to stream again: SGDbOps goes on with the old primary's pod.
+fn new_leader(c: &Cluster, want: &str) -> Res<()> {
+    wait_for(
+        "the new leader",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || (c.leader().as_deref() == Some(want) && c.member(want).is_primary()).then_some(()),
+    )
+}
+
+/// Restarts the old primary's pod right after the switchover and records when it was gone,
+/// counted from the switchover's PAUSE (`old_pod_gone_after_pause_ms`): the proofs need it
+/// gone before the safety net's deadline, else the net (not killed yet) resumes.
+fn restart_old_primary(c: &mut Cluster, facts: &mut Facts, since: i64) -> Res<()> {
+    let end = c.restart_pod("m1")?;
+    let gone = now_us();
+    facts.insert("old_primary_pod_killed".into(), end.killed.to_string());
+    if let Some(p) = first_pause_after(c, since) {
+        facts.insert(
+            "old_pod_gone_after_pause_ms".into(),
+            format!("{:.0}", ms(gone - p)),
+        );
+    }
+    Ok(())
+}
+
+/// The proofs' premise: the old primary's pod (with before-stop's net in it) was gone
+/// before the net's deadline.
+fn assert_net_died_first(o: &Outcome) {
+    let gone: f64 = o
+        .fact("old_pod_gone_after_pause_ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::MAX);
+    assert!(
+        gone < NET_MAX_PAUSE.as_millis() as f64,
+        "inconclusive: the old primary's pod outlived its safety net's deadline: {}",
+        o.summary()
+    );
+}
+
 /// Time (µs) of PgBouncer 1's first PAUSE after `after`.
 fn first_pause_after(c: &Cluster, after: i64) -> Option<i64> {
     c.bouncers[0]
@@ -406,15 +447,14 @@ fn rolling_restart(c: &mut Cluster, facts: &mut Facts) -> Res<i64> {
     );
     let t1 = now_us();
     c.switchover("m1", "m2")?;
-    leader_is(c, "m2")?;
+    new_leader(c, "m2")?;
     facts.insert("switchover_ms".into(), format!("{:.0}", ms(now_us() - t1)));
     let hooks_on_m2 = c.reconciled.lock().unwrap().iter().any(|r| r.0 == "m2");
     facts.insert(
         "hooks_on_new_primary_at_switchover".into(),
         (c.opts.controller_delay.is_zero() || hooks_on_m2).to_string(),
     );
-    let end = c.restart_pod("m1")?;
-    facts.insert("old_primary_pod_killed".into(), end.killed.to_string());
+    restart_old_primary(c, facts, t1)?;
     leader_is(c, "m2")?;
     facts.insert("action_ms".into(), format!("{:.0}", ms(now_us() - t0)));
     let pause = first_pause_after(c, t1).ok_or("no PAUSE during the switchover")?;
@@ -460,6 +500,7 @@ fn p2_late_hooks(p: u8, watchdog: bool) {
     } else {
         // The proof of case B: nothing resumes PgBouncer; its clients wait (no error yet,
         // query_wait_timeout is 120 s) until the harness RESUMEs by hand.
+        assert_net_died_first(&o);
         assert_eq!(
             o.fact("resumed_by_hand"),
             Some("true"),
@@ -507,7 +548,7 @@ fn p3_resume_fails(p: u8, watchdog: bool) {
                 log("hooks' path to the admin console restored");
             }
         });
-        let sw = c.switchover("m1", "m2").and_then(|_| leader_is(c, "m2"));
+        let sw = c.switchover("m1", "m2").and_then(|_| new_leader(c, "m2"));
         armed.store(false, Ordering::Relaxed);
         let _ = cutter.join();
         sw?;
@@ -515,8 +556,7 @@ fn p3_resume_fails(p: u8, watchdog: bool) {
             "admin_connections_cut".into(),
             c.admin_proxies[0].refused().to_string(),
         );
-        let end = c.restart_pod("m1")?;
-        facts.insert("old_primary_pod_killed".into(), end.killed.to_string());
+        restart_old_primary(c, facts, t0)?;
         leader_is(c, "m2")?;
         let pause = first_pause_after(c, t0).ok_or("no PAUSE during the switchover")?;
         Ok(pause + NET_MAX_PAUSE.as_micros() as i64 + 3_000_000)
@@ -525,6 +565,12 @@ fn p3_resume_fails(p: u8, watchdog: bool) {
     if watchdog {
         o.assert_clean(WATCHDOG_MAX_PAUSE);
     } else {
+        assert_net_died_first(&o);
+        assert_eq!(
+            o.fact("orc_nothing_resumed"),
+            Some("1"),
+            "RESUME not cut: {s}"
+        );
         assert_eq!(
             o.fact("resumed_by_hand"),
             Some("true"),
