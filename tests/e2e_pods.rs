@@ -521,7 +521,7 @@ fn p3_resume_fails(p: u8, watchdog: bool) {
     };
     let mut opts = pod_opts(label, p, watchdog);
     opts.admin_proxy = true;
-    let (o, _c) = scenario(opts, 20, Duration::from_secs(3), |c, facts| {
+    let (o, _c) = scenario(opts, 25, Duration::from_secs(3), |c, facts| {
         leader_is(c, "m1")?;
         let cut = c.admin_proxies[0].cut_switch();
         let log_path = c.bouncers[0].log_path();
@@ -590,7 +590,7 @@ fn p4_delete_primary_pod(p: u8, watchdog: bool) {
         "p4-delete-primary-pod"
     };
     let opts = pod_opts(label, p, watchdog);
-    let (o, _c) = scenario(opts, 20, Duration::from_secs(3), |c, facts| {
+    let (o, _c) = scenario(opts, 25, Duration::from_secs(3), |c, facts| {
         leader_is(c, "m1")?;
         let t0 = now_us();
         let g = c.opts.grace;
