@@ -109,7 +109,8 @@ impl Opts {
             pgbouncers: 1,
             hook_env: vec![],
             patroni_url: true,
-            pod: false,
+            // E2E_POD_MODE=1 runs the classic scenarios in pods too (a measurement aid)
+            pod: std::env::var("E2E_POD_MODE").is_ok_and(|v| v == "1"),
             grace: Duration::from_secs(30),
             controller_delay: Duration::ZERO,
             watchdog: None,
