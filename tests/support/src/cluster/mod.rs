@@ -8,6 +8,7 @@
 //! counts every error it sees.
 
 pub mod bench;
+pub mod proxy;
 pub mod util;
 pub mod workload;
 
@@ -76,6 +77,37 @@ pub struct Opts {
     /// Give before-stop its member's REST API (`HOOKS_PATRONI_URL`). Default on; off for
     /// scenario 5 (see `s5_sigterm_primary` in tests/e2e.rs) and the benchmark's patronictl run.
     pub patroni_url: bool,
+    /// Pod mode: each member runs in its own PID namespace (`unshare --pid --fork
+    /// --kill-child --mount-proc`) with tini as PID 1, so stopping the pod ends every process
+    /// in it (detached hook workers and the safety net included), as in a Kubernetes pod with
+    /// shareProcessNamespace. Off for the classic scenarios; on with `Opts::pods`.
+    pub pod: bool,
+    /// Pod deletion: SIGTERM to the pod's init, this grace period, then SIGKILL to the init
+    /// (the kernel then kills everything in the namespace). Kubernetes' default is 30 s.
+    pub grace: Duration,
+    /// The StackGres cluster-controller stand-in: a pod started by `start_pod` runs Patroni
+    /// first with a config without before_stop and callbacks (as StackGres' start-patroni.sh
+    /// writes it); after this delay the stand-in adds the hooks and POSTs /reload. Zero: the
+    /// hooks are in the config from the start. Only for pods (re)started during a scenario;
+    /// the initial cluster starts reconciled.
+    pub controller_delay: Duration,
+    /// Start a watchdog beside each PgBouncer (host side, outside every pod):
+    /// `on-role-change --watch ... --max-pause <this>`. None: no watchdog (default).
+    pub watchdog: Option<Duration>,
+    /// The hooks reach each PgBouncer through a cuttable TCP proxy (`proxy::Proxy`) instead
+    /// of directly; clients and the harness still connect directly.
+    pub admin_proxy: bool,
+    /// Every PgBouncer is the newer one (1.24, with SHOW STATE) instead of Debian's 1.18
+    /// first.
+    pub new_pgbouncer: bool,
+    /// Extra lines for each pgbouncer.ini's [pgbouncer] section.
+    pub pgbouncer_extra: Vec<String>,
+    /// HAProxy cuts established sessions to a server its check marks down
+    /// (`on-marked-down shutdown-sessions`). On for the classic scenarios; off in pod mode,
+    /// like a Kubernetes Service, whose endpoints change does not cut established
+    /// connections (Patroni's REST API goes silent on SIGTERM, which fails the check within
+    /// 1 s, before before-stop may have paused).
+    pub haproxy_cut_sessions: bool,
 }
 
 impl Opts {
@@ -87,7 +119,29 @@ impl Opts {
             pgbouncers: 1,
             hook_env: vec![],
             patroni_url: true,
+            // PPH_POD_MODE=1 runs the classic scenarios in pods too (a measurement aid)
+            pod: std::env::var("PPH_POD_MODE").is_ok_and(|v| v == "1"),
+            grace: Duration::from_secs(30),
+            controller_delay: Duration::ZERO,
+            watchdog: None,
+            admin_proxy: false,
+            new_pgbouncer: false,
+            pgbouncer_extra: vec![],
+            haproxy_cut_sessions: true,
         }
+    }
+
+    /// The default for new scenarios: members in pods (hooks on), a 5 s grace period,
+    /// PgBouncer 1.24 (SHOW STATE, so the state can be watched without touching it) with
+    /// `server_login_retry = 1` as the README's front-door wiring has it.
+    pub fn pods(label: &str, patroni: u8) -> Opts {
+        let mut o = Opts::new(label, patroni, Hooks::On);
+        o.pod = true;
+        o.grace = Duration::from_secs(5);
+        o.new_pgbouncer = true;
+        o.pgbouncer_extra = vec!["server_login_retry = 1".into()];
+        o.haproxy_cut_sessions = false;
+        o
     }
 }
 
@@ -296,8 +350,13 @@ pub struct Member {
     pub rest_port: u16,
     pub dir: PathBuf,
     pub cfg: PathBuf,
-    /// tini (PID 1 stand-in and subreaper) running Patroni; None once stopped.
+    /// tini (PID 1 stand-in and subreaper) running Patroni; None once stopped. In pod mode
+    /// this is `unshare`, whose only child is the pod's init (tini, PID 1 inside).
     pub proc: Option<Proc>,
+    /// Runs in a pod (own PID namespace).
+    pub pod: bool,
+    /// Pods started for this member so far (1 after the cluster start).
+    pub pod_starts: u32,
 }
 
 impl Member {
@@ -310,10 +369,18 @@ impl Member {
     pub fn patroni_log(&self) -> PathBuf {
         self.dir.join("patroni.log")
     }
-    /// The Patroni process (tini's child).
+    /// The Patroni process (tini's child), host PID.
     pub fn patroni_pid(&self) -> Option<i64> {
+        children_of(self.init_pid()?).into_iter().next()
+    }
+    /// tini's host PID: the pod's init in pod mode (unshare's child), else our own child.
+    pub fn init_pid(&self) -> Option<i64> {
         let p = self.proc.as_ref()?;
-        children_of(p.pid()).into_iter().next()
+        if self.pod {
+            children_of(p.pid()).into_iter().next()
+        } else {
+            Some(p.pid())
+        }
     }
     pub fn is_primary(&self) -> bool {
         matches!(http_get(self.rest_port, "/primary"), Ok((200, _)))
@@ -381,6 +448,15 @@ pub struct Cluster {
     /// Keep the temp dir (logs) after the test: set on failure or by PPH_KEEP=1.
     pub keep: bool,
     stopped: bool,
+    /// One per PgBouncer when `opts.admin_proxy`: what the hooks connect to.
+    pub admin_proxies: Vec<proxy::Proxy>,
+    /// One per PgBouncer when `opts.watchdog` is set.
+    pub watchdogs: Vec<Proc>,
+    /// The controller stand-in's pending reconciles, and when each added the hooks
+    /// (member, µs since epoch).
+    controllers: Vec<std::thread::JoinHandle<()>>,
+    controller_stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub reconciled: std::sync::Arc<std::sync::Mutex<Vec<(String, i64)>>>,
 }
 
 fn pgbouncer_version(bin: &Path) -> (u32, u32) {
@@ -430,6 +506,11 @@ impl Cluster {
             bouncers: vec![],
             keep: std::env::var("PPH_KEEP").is_ok_and(|v| v == "1"),
             stopped: false,
+            admin_proxies: vec![],
+            watchdogs: vec![],
+            controllers: vec![],
+            controller_stop: Default::default(),
+            reconciled: Default::default(),
         };
         log(format!(
             "cluster {} in {} (patroni {}, hooks {:?}, hook binaries {})",
@@ -449,12 +530,18 @@ impl Cluster {
                 cfg: mdir.join("patroni.yml"),
                 dir: mdir,
                 proc: None,
+                pod: c.opts.pod,
+                pod_starts: 0,
             });
         }
         for i in 0..c.opts.pgbouncers {
             let bdir = dir.join(format!("pgbouncer{}", i + 1));
             std::fs::create_dir_all(&bdir).map_err(|e| e.to_string())?;
-            let bin = c.tools.pgbouncer[i.min(1)].clone();
+            let bin = if c.opts.new_pgbouncer {
+                c.tools.pgbouncer[1].clone()
+            } else {
+                c.tools.pgbouncer[i.min(1)].clone()
+            };
             let version = pgbouncer_version(&bin);
             c.bouncers.push(Bouncer {
                 port: ports[8 + i],
@@ -467,6 +554,12 @@ impl Cluster {
         // 0755 so the postgres user can traverse; files inside are owned by postgres.
         let _ = Command::new("chmod").arg("0755").arg(&dir).status();
         chown_postgres(&dir);
+        if c.opts.admin_proxy {
+            for i in 0..c.bouncers.len() {
+                let p = proxy::Proxy::start(c.bouncers[i].port)?;
+                c.admin_proxies.push(p);
+            }
+        }
 
         let r = c.start_all(ports[1]);
         if let Err(e) = r {
@@ -493,6 +586,11 @@ impl Cluster {
         self.start_haproxy()?;
         for i in 0..self.bouncers.len() {
             self.start_pgbouncer(i)?;
+        }
+        if let Some(max) = self.opts.watchdog {
+            for i in 0..self.bouncers.len() {
+                self.start_watchdog(i, max)?;
+            }
         }
         self.wait_healthy(Duration::from_secs(90))?;
         log(format!(
@@ -572,6 +670,14 @@ impl Cluster {
     }
 
     fn write_patroni_cfg(&self, i: usize) {
+        let y = self.patroni_cfg(i, self.hooks != Hooks::Off);
+        let m = &self.members[i];
+        write(&m.cfg, &y);
+        chown_postgres(&m.cfg);
+    }
+
+    /// Member `i`'s patroni.yml, with or without before_stop and the callbacks.
+    pub fn patroni_cfg(&self, i: usize, with_hooks: bool) -> String {
         let m = &self.members[i];
         let mut y = String::new();
         let _ = write!(
@@ -647,7 +753,7 @@ postgresql:
             sup = SUPER_PASSWORD,
             repl = REPL_PASSWORD,
         );
-        if self.hooks != Hooks::Off {
+        if with_hooks {
             let bs = self.before_stop_cmd(m);
             let orc = self.hook_cmd(m, "on-role-change");
             let _ = write!(
@@ -655,8 +761,7 @@ postgresql:
                 "  before_stop: {bs}\n  callbacks:\n    on_role_change: {orc}\n    on_start: {orc}\n    on_restart: {orc}\n",
             );
         }
-        write(&m.cfg, &y);
-        chown_postgres(&m.cfg);
+        y
     }
 
     /// Patroni's environment: what a user puts in the pod spec. Secrets travel here,
@@ -667,7 +772,14 @@ postgresql:
     /// timeout and falls back to patronictl.
     pub fn patroni_env(&self, i: usize) -> Vec<(String, String)> {
         let m = &self.members[i];
-        let urls: Vec<String> = self.bouncers.iter().map(|b| b.admin_url()).collect();
+        let urls: Vec<String> = if self.admin_proxies.is_empty() {
+            self.bouncers.iter().map(|b| b.admin_url()).collect()
+        } else {
+            self.admin_proxies
+                .iter()
+                .map(|p| format!("postgresql://{ADMIN_USER}@127.0.0.1:{}/pgbouncer", p.port))
+                .collect()
+        };
         let mut env = vec![
             ("HOME".into(), m.dir.display().to_string()),
             ("PATRONI_NAME".into(), m.name.clone()),
@@ -707,10 +819,33 @@ postgresql:
     }
 
     fn start_patroni(&mut self, i: usize) -> Res<()> {
-        let mut cmd = as_postgres(&self.tools.tini);
+        let mut cmd = if self.members[i].pod {
+            // The pod: a new PID namespace whose PID 1 is tini (as postgres, like StackGres'
+            // uid 999); /proc remounted so Patroni's and Postgres' PIDs make sense inside.
+            // When tini exits the kernel kills every process left in the namespace.
+            let mut c = Command::new("unshare");
+            c.args([
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                "setpriv",
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "--",
+            ])
+            .arg(&self.tools.tini);
+            scrub_env(&mut c);
+            c.env("HOME", "/tmp").current_dir("/");
+            c
+        } else {
+            as_postgres(&self.tools.tini)
+        };
         cmd.args(["-s", "--"])
             .arg(self.tools.venv.join("bin/patroni"))
             .arg(&self.members[i].cfg);
+        self.members[i].pod_starts += 1;
         cmd.envs(self.patroni_env(i));
         let m = &self.members[i];
         let p = Proc::spawn(&format!("patroni-{}", m.name), cmd, &m.patroni_log())?;
@@ -788,9 +923,14 @@ listen primary
     bind 127.0.0.1:{port}
     option httpchk GET /primary
     http-check expect status 200
-    default-server inter 200ms fastinter 50ms downinter 50ms rise 1 fall 1 on-marked-down shutdown-sessions
+    default-server inter 200ms fastinter 50ms downinter 50ms rise 1 fall 1{cut}
 "#,
-            port = self.haproxy_port
+            port = self.haproxy_port,
+            cut = if self.opts.haproxy_cut_sessions {
+                " on-marked-down shutdown-sessions"
+            } else {
+                ""
+            }
         );
         for m in &self.members {
             let _ = writeln!(
@@ -838,7 +978,13 @@ max_client_conn = 200
 default_pool_size = 20
 logfile = {log}
 ignore_startup_parameters = extra_float_digits
-"#,
+{extra}"#,
+                extra = self
+                    .opts
+                    .pgbouncer_extra
+                    .iter()
+                    .map(|l| format!("{l}\n"))
+                    .collect::<String>(),
                 hap = self.haproxy_port,
                 port = b.port,
                 userlist = userlist.display(),
@@ -1015,11 +1161,7 @@ ignore_startup_parameters = extra_float_digits
     /// Patroni; Patroni stops Postgres (before_stop runs) and releases the leader key.
     pub fn sigterm_member(&mut self, name: &str) -> Res<()> {
         let i = self.idx(name);
-        let pid = self.members[i]
-            .proc
-            .as_ref()
-            .ok_or("member not running")?
-            .pid();
+        let pid = self.members[i].init_pid().ok_or("member not running")?;
         log(format!("SIGTERM to {name}'s tini (pid {pid})"));
         signal(pid, "TERM");
         let p = self.members[i].proc.as_mut().unwrap();
@@ -1100,6 +1242,17 @@ ignore_startup_parameters = extra_float_digits
             return;
         }
         self.stopped = true;
+        self.controller_stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for h in self.controllers.drain(..) {
+            let _ = h.join();
+        }
+        for mut w in self.watchdogs.drain(..) {
+            w.stop(Duration::from_secs(5));
+        }
+        for mut p in self.admin_proxies.drain(..) {
+            p.stop();
+        }
         for b in self.bouncers.iter_mut() {
             if let Some(mut p) = b.proc.take() {
                 p.stop(Duration::from_secs(5));
@@ -1116,6 +1269,14 @@ ignore_startup_parameters = extra_float_digits
             v
         };
         for i in order {
+            if self.members[i].pod {
+                // the test is over and its data thrown away: no grace period
+                let name = self.members[i].name.clone();
+                if let Err(e) = self.delete_pod(&name, Duration::ZERO) {
+                    log(format!("stop {name}'s pod: {e}"));
+                }
+                continue;
+            }
             let pm = self.members[i].postmaster_pid();
             if let Some(mut p) = self.members[i].proc.take() {
                 // SIGTERM to tini -> Patroni stops Postgres; Patroni's pgroup too.
@@ -1169,4 +1330,223 @@ impl Drop for Cluster {
         }
         self.stop();
     }
+}
+
+/// How a pod deletion ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodEnd {
+    /// The grace period ran out and the init got SIGKILL.
+    pub killed: bool,
+    /// From the SIGTERM to the pod being gone (µs).
+    pub took_us: i64,
+}
+
+impl Cluster {
+    /// Pod deletion, as the kubelet does it: SIGTERM to the pod's init (tini forwards it to
+    /// Patroni, which runs before_stop if it was the leader, stops Postgres, releases the
+    /// key), `grace`, then SIGKILL to the init, which makes the kernel kill every process
+    /// left in the pod's PID namespace (detached hook workers, the safety net, Postgres).
+    pub fn delete_pod(&mut self, name: &str, grace: Duration) -> Res<PodEnd> {
+        let i = self.idx(name);
+        if !self.members[i].pod {
+            return Err(format!("{name} is not a pod"));
+        }
+        let init = self.members[i].init_pid();
+        let Some(mut p) = self.members[i].proc.take() else {
+            return Err(format!("{name}'s pod is not running"));
+        };
+        let t0 = now_us();
+        let mut killed = false;
+        if let Some(init) = init {
+            log(format!(
+                "delete pod {name}: SIGTERM to its init (pid {init}), grace {grace:?}"
+            ));
+            signal(init, "TERM");
+            if wait_child(&mut p.child, grace).is_none() {
+                log(format!(
+                    "pod {name}: grace period over: SIGKILL to its init"
+                ));
+                killed = true;
+                signal(init, "KILL");
+            }
+        }
+        // unshare (--kill-child) exits once the init is gone; bounded.
+        if wait_child(&mut p.child, Duration::from_secs(10)).is_none() {
+            p.stop(Duration::from_secs(1));
+        }
+        // every process of the namespace has been sent SIGKILL: wait until the postmaster
+        // is gone (the data directory is reused by the next pod)
+        let data = self.members[i].data_dir();
+        let _ = wait_for(
+            "the pod's postmaster to exit",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || (!postmaster_running(&data)).then_some(()),
+        );
+        let end = PodEnd {
+            killed,
+            took_us: now_us() - t0,
+        };
+        log(format!(
+            "pod {name} gone after {:.1} s{}",
+            end.took_us as f64 / 1e6,
+            if killed { " (SIGKILL)" } else { "" }
+        ));
+        Ok(end)
+    }
+
+    /// A fresh pod for `name` on the same data directory. With `opts.controller_delay` > 0,
+    /// Patroni starts with a config without before_stop and callbacks, and the controller
+    /// stand-in adds them after that delay and reloads Patroni.
+    pub fn start_pod(&mut self, name: &str) -> Res<()> {
+        let i = self.idx(name);
+        if self.members[i].proc.is_some() {
+            return Err(format!("{name}'s pod is running"));
+        }
+        let delay = self.opts.controller_delay;
+        let with = self.hooks != Hooks::Off;
+        let m = &self.members[i];
+        write(&m.cfg, &self.patroni_cfg(i, with && delay.is_zero()));
+        chown_postgres(&m.cfg);
+        self.start_patroni(i)?;
+        log(format!(
+            "pod {name} started (pod #{}){}",
+            self.members[i].pod_starts,
+            if with && !delay.is_zero() {
+                format!(", hooks added by the controller stand-in in {delay:?}")
+            } else {
+                String::new()
+            }
+        ));
+        if with && !delay.is_zero() {
+            let cfg = self.members[i].cfg.clone();
+            let text = self.patroni_cfg(i, true);
+            let port = self.members[i].rest_port;
+            let stop = self.controller_stop.clone();
+            let done = self.reconciled.clone();
+            let name = name.to_string();
+            self.controllers.push(std::thread::spawn(move || {
+                controller(&name, delay, &cfg, &text, port, &stop, &done)
+            }));
+        }
+        Ok(())
+    }
+
+    /// Pod restart (what an SGDbOps restart does to a pod): delete, then a fresh pod on the
+    /// same data directory.
+    pub fn restart_pod(&mut self, name: &str) -> Res<PodEnd> {
+        let g = self.opts.grace;
+        let end = self.delete_pod(name, g)?;
+        self.start_pod(name)?;
+        Ok(end)
+    }
+
+    /// The watchdog beside PgBouncer `i`: host side (outside every pod), as a sidecar in
+    /// PgBouncer's Deployment. `--upstream` is PgBouncer's own [databases] address (HAProxy);
+    /// passwords travel in the environment.
+    fn start_watchdog(&mut self, i: usize, max_pause: Duration) -> Res<()> {
+        let b = &self.bouncers[i];
+        let mut cmd = Command::new(self.tools.hooks_dir.join("on-role-change"));
+        cmd.args(watchdog_args(
+            &b.admin_url(),
+            &format!(
+                "postgresql://{APP_USER}@127.0.0.1:{}/app",
+                self.haproxy_port
+            ),
+            max_pause,
+        ))
+        .env("PGBOUNCER_PASSWORD", ADMIN_PASSWORD)
+        .env("PGPASSWORD", APP_PASSWORD);
+        let p = Proc::spawn(
+            &format!("watchdog{}", i + 1),
+            cmd,
+            &b.dir.join("watchdog.log"),
+        )?;
+        log(format!(
+            "watchdog{} beside pgbouncer{} (pid {}, --max-pause {max_pause:?})",
+            i + 1,
+            i + 1,
+            p.pid()
+        ));
+        self.watchdogs.push(p);
+        Ok(())
+    }
+}
+
+/// The watchdog's command line (the lead's `on-role-change --watch`). One place to adjust.
+pub fn watchdog_args(admin_url: &str, upstream: &str, max_pause: Duration) -> Vec<String> {
+    vec![
+        "--watch".into(),
+        "--pgbouncer".into(),
+        admin_url.into(),
+        "--upstream".into(),
+        upstream.into(),
+        "--max-pause".into(),
+        format!("{}ms", max_pause.as_millis()),
+    ]
+}
+
+/// Does this build of on-role-change have the watchdog mode (`--watch` in its --help)?
+pub fn watchdog_available() -> bool {
+    let Ok(dir) = hooks_dir() else { return false };
+    run(
+        Command::new(dir.join("on-role-change")).arg("--help"),
+        Duration::from_secs(10),
+    )
+    .map(|(_, out, _)| out.contains("--watch"))
+    .unwrap_or(false)
+}
+
+/// A postmaster runs on this data directory (postmaster.pid names a live process whose
+/// command line has the data directory; the PID is the pod's, so look for it by path).
+fn postmaster_running(data: &Path) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    let want = data.display().to_string();
+    dir.flatten().any(|e| {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i64>() else {
+            return false;
+        };
+        let cmd = read(Path::new(&format!("/proc/{pid}/cmdline")));
+        cmd.starts_with(&format!("{PG_BIN}/postgres")) && cmd.contains(&want) && pid_alive(pid)
+    })
+}
+
+/// The StackGres cluster-controller stand-in for one pod start: after `delay`, writes the
+/// config with the hooks and POSTs /reload (retried while the REST API is not up; bounded).
+fn controller(
+    name: &str,
+    delay: Duration,
+    cfg: &Path,
+    text: &str,
+    port: u16,
+    stop: &std::sync::atomic::AtomicBool,
+    done: &std::sync::Mutex<Vec<(String, i64)>>,
+) {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < delay {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    write(cfg, text);
+    chown_postgres(cfg);
+    for _ in 0..100 {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        if let Ok((200 | 202, _)) = http_req(port, "POST", "/reload", "") {
+            log(format!(
+                "controller stand-in: hooks added to {name}, Patroni reloaded"
+            ));
+            done.lock().unwrap().push((name.to_string(), now_us()));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    log(format!(
+        "controller stand-in: {name}'s Patroni never accepted /reload"
+    ));
 }

@@ -424,3 +424,41 @@ pub fn bouncer_paused(b: &Bouncer) -> Res<bool> {
         }
     })
 }
+
+/// One admin command on PgBouncer's console (e.g. `RESUME`, to clean up by hand).
+pub fn bouncer_admin(b: &Bouncer, sql: &str) -> Res<()> {
+    let info = format!(
+        "host=127.0.0.1 port={} user={ADMIN_USER} password={ADMIN_PASSWORD} dbname=pgbouncer connect_timeout=5",
+        b.port
+    );
+    let sql = sql.to_string();
+    rt().block_on(async move {
+        let c = connect(&info).await?;
+        c.simple_query(&sql)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("{sql}: {}", err_text(&e)))
+    })
+}
+
+/// The paused intervals in PgBouncer's PAUSE/RESUME log events, as (start, length) in µs: a
+/// PAUSE while paused (PgBouncer refuses it) and a RESUME while not paused change nothing; a
+/// pause still open at `end` lasts until `end`.
+pub fn pause_spans(events: &[(i64, String)], end: i64) -> Vec<(i64, i64)> {
+    let mut out = vec![];
+    let mut since: Option<i64> = None;
+    for (t, e) in events {
+        match (e.as_str(), since) {
+            ("PAUSE", None) => since = Some(*t),
+            ("RESUME", Some(s)) => {
+                out.push((s, t - s));
+                since = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = since {
+        out.push((s, end - s));
+    }
+    out
+}
