@@ -123,13 +123,20 @@ pub enum LogFormatArg {
     Json,
 }
 
-/// The exit code for a run's result; an error is printed once, as one line.
+/// The exit code for a run's result; an error is printed once, as one line: the run's
+/// summary event, with outcome "failed" (or "usage error").
 pub fn finish(hook: &str, result: Result<u8>) -> ExitCode {
     ExitCode::from(match result {
         Ok(code) => code,
         Err(err) => {
-            tracing::error!("{hook} failed: {err:#}");
-            hooks::exit::for_error(&err)
+            let code = hooks::exit::for_error(&err);
+            let outcome = if code == hooks::exit::USAGE {
+                "usage error"
+            } else {
+                "failed"
+            };
+            tracing::error!(event = "summary", hook, outcome, "{hook} failed: {err:#}");
+            code
         }
     })
 }

@@ -750,3 +750,36 @@ fn the_reference_shows_each_binary_s_help() {
         );
     }
 }
+
+#[test]
+fn a_failed_run_ends_with_a_summary_event_too() {
+    let s = Scratch::new("failed-summary");
+    let list = s.file("l.tsv", "");
+    let mut cmd = hook("before-stop");
+    cmd.args(["--dry-run", "--member", "m1", "--log-format", "json"])
+        .arg("--list-tsv")
+        .arg(&list)
+        .arg("--history-tsv")
+        .arg(&list);
+    let (code, _, stderr) = run(cmd, None);
+    assert_eq!(code, Some(1), "{stderr}");
+    let last: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"], "summary", "{stderr}");
+    assert_eq!(last["hook"], "before-stop", "{stderr}");
+    assert_eq!(last["outcome"], "failed", "{stderr}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("list output is empty"),
+        "{stderr}"
+    );
+
+    let mut cmd = hook("on-role-change");
+    cmd.args(["--log-format", "json", "only-one-argument"]);
+    let (code, _, stderr) = run(cmd, None);
+    assert_eq!(code, Some(2), "{stderr}");
+    let last: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"], "summary", "{stderr}");
+    assert_eq!(last["outcome"], "usage error", "{stderr}");
+}

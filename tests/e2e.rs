@@ -414,17 +414,18 @@ fn s4_restart_former_leader(p: u8) {
     );
 }
 
-/// Pod deletion, with before-stop on patronictl alone. On SIGTERM Patroni shuts its REST API
-/// down before it stops Postgres (`Patroni._shutdown`: `api.shutdown()`, then
-/// `ha.shutdown()`), yet the socket stays open: a GET is accepted and never answered. The same
-/// silence makes HAProxy's `GET /primary` check (timeout 1 s, fall 1) mark the old primary
-/// down and cut its sessions, so here the PAUSE must land within about 1 s of the SIGTERM:
-/// patronictl does (0.7-0.9 s in our runs); the REST source's 50 ms head start before it
-/// races patronictl made that too tight once in two runs. A Kubernetes Service does not cut
-/// established sessions on a failed REST check, so production does not have this race.
+/// Pod deletion, wired as in production: before-stop has its own Patroni's REST API. On
+/// SIGTERM Patroni shuts that API down before it stops Postgres (`Patroni._shutdown`:
+/// `api.shutdown()`, then `ha.shutdown()`), yet the socket stays open: a GET is accepted and
+/// never answered, so before-stop starts patronictl after its 50 ms head start and pauses on
+/// patronictl's answer (about 1 s). HAProxy here keeps established sessions when its check
+/// fails, as a Kubernetes Service does: with `on-marked-down shutdown-sessions` the same REST
+/// silence cut the old primary's sessions about 1 s after the SIGTERM, a race against
+/// patronictl's start-up that production does not have (and that lost once patronictl took
+/// 1.03 s on this machine).
 fn s5_sigterm_primary(p: u8) {
     let mut opts = Opts::new("s5-sigterm-primary", p, Hooks::On);
-    opts.patroni_url = false;
+    opts.haproxy_cut_sessions = false;
     let (o, _c) = scenario(opts, Duration::from_secs(8), false, |c| {
         leader_is(c, "m1")?;
         c.sigterm_member("m1")?;
