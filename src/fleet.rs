@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::time::Instant;
 
-use crate::pgbouncer::{self, Admin, Answer, Paused, Target, Url};
+use crate::pgbouncer::{Admin, Answer, Paused, Target, Url};
 
 /// Where the admin password comes from: `PGBOUNCER_PASSWORD`, else a file. Read when a job
 /// needs it, so a dry run never touches the secret.
@@ -79,52 +79,79 @@ impl Fleet {
         Fut: Future<Output = Result<T>> + Send + 'static,
     {
         let password = self.password.read()?;
-        let (targets, unresolved) = pgbouncer::resolve_all(
-            &self.urls,
-            password.as_deref(),
-            self.connect_timeout.min(resolve_within),
-        )
+        let (targets, unresolved) = self
+            .resolve(
+                password.as_deref(),
+                self.connect_timeout.min(resolve_within),
+            )
+            .await;
+        let outcomes = each(&targets, work)
+            .await
+            .into_iter()
+            .zip(&targets)
+            .map(|((result, elapsed), target)| Outcome {
+                target: target.clone(),
+                result,
+                elapsed,
+            })
+            .collect();
+        Ok((outcomes, unresolved))
+    }
+
+    /// Resolves every URL at once (one slow name must not delay the others), each bounded by
+    /// `timeout`: the targets, and one line per URL that did not resolve.
+    pub async fn resolve(
+        &self,
+        password: Option<&str>,
+        timeout: Duration,
+    ) -> (Vec<Target>, Vec<String>) {
+        let found = each(&self.urls, |url| {
+            let password = password.map(str::to_string);
+            async move { url.resolve(password.as_deref(), timeout).await }
+        })
         .await;
-        Ok((each(&targets, work).await, unresolved))
+        let mut targets = Vec::new();
+        let mut failures = Vec::new();
+        for (url, (result, _)) in self.urls.iter().zip(found) {
+            match result {
+                Ok(found) if found.is_empty() => {
+                    failures.push(format!("{}: resolves to no address", url.shown))
+                }
+                Ok(found) => targets.extend(found),
+                Err(err) => failures.push(format!("{}: {err:#}", url.shown)),
+            }
+        }
+        (targets, failures)
     }
 }
 
-/// Runs `work` against every target at once and collects every outcome, in target order.
-async fn each<T, F, Fut>(targets: &[Target], work: F) -> Vec<Outcome<T>>
+/// Runs `work` on every item at once; one result per item, in item order, with how long it
+/// took.
+async fn each<I, T, F, Fut>(items: &[I], work: F) -> Vec<(Result<T>, Duration)>
 where
+    I: Clone,
     T: Send + 'static,
-    F: Fn(Target) -> Fut,
+    F: Fn(I) -> Fut,
     Fut: Future<Output = Result<T>> + Send + 'static,
 {
     let mut set = tokio::task::JoinSet::new();
-    for (index, target) in targets.iter().enumerate() {
-        let future = work(target.clone());
+    for (index, item) in items.iter().enumerate() {
+        let future = work(item.clone());
         set.spawn(async move {
             let started = Instant::now();
             let result = future.await;
             (index, result, started.elapsed())
         });
     }
-    let mut outcomes: Vec<Option<Outcome<T>>> = targets.iter().map(|_| None).collect();
+    let mut results: Vec<Option<(Result<T>, Duration)>> = items.iter().map(|_| None).collect();
     while let Some(joined) = set.join_next().await {
         if let Ok((index, result, elapsed)) = joined {
-            outcomes[index] = Some(Outcome {
-                target: targets[index].clone(),
-                result,
-                elapsed,
-            });
+            results[index] = Some((result, elapsed));
         }
     }
-    outcomes
+    results
         .into_iter()
-        .zip(targets)
-        .map(|(outcome, target)| {
-            outcome.unwrap_or_else(|| Outcome {
-                target: target.clone(),
-                result: Err(anyhow!("the task driving this target failed")),
-                elapsed: Duration::ZERO,
-            })
-        })
+        .map(|r| r.unwrap_or_else(|| (Err(anyhow!("the task driving it failed")), Duration::ZERO)))
         .collect()
 }
 

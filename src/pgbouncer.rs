@@ -1,4 +1,4 @@
-//! A client for PgBouncer's admin console, and the fan-out to every PgBouncer at once.
+//! A client for PgBouncer's admin console, and the URLs that name PgBouncers.
 //!
 //! The console speaks only the simple query protocol, rejects the `options` startup
 //! parameter before 1.20, and answers every error with SQLSTATE 08P01, so outcomes are told
@@ -335,39 +335,6 @@ fn admin_error(command: &str, message: &str) -> anyhow::Error {
         ""
     };
     anyhow!("{command} failed: {message}{hint}")
-}
-
-/// Resolves every URL at once (one slow name must not delay the others), each bounded by
-/// `timeout`; a URL that does not resolve is reported, the others still count.
-pub async fn resolve_all(
-    urls: &[Url],
-    password: Option<&str>,
-    timeout: Duration,
-) -> (Vec<Target>, Vec<String>) {
-    let mut set = tokio::task::JoinSet::new();
-    for (index, url) in urls.iter().enumerate() {
-        let (url, password) = (url.clone(), password.map(str::to_string));
-        set.spawn(async move { (index, url.resolve(password.as_deref(), timeout).await) });
-    }
-    let mut found: Vec<Option<Result<Vec<Target>>>> = urls.iter().map(|_| None).collect();
-    while let Some(joined) = set.join_next().await {
-        if let Ok((index, result)) = joined {
-            found[index] = Some(result);
-        }
-    }
-    let mut targets = Vec::new();
-    let mut failures = Vec::new();
-    for (url, result) in urls.iter().zip(found) {
-        match result {
-            Some(Ok(found)) if found.is_empty() => {
-                failures.push(format!("{}: resolves to no address", url.shown))
-            }
-            Some(Ok(found)) => targets.extend(found),
-            Some(Err(err)) => failures.push(format!("{}: {err:#}", url.shown)),
-            None => failures.push(format!("{}: resolving it failed", url.shown)),
-        }
-    }
-    (targets, failures)
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tokio_postgres::Client;
 
 use crate::fleet::{self, Fleet};
-use crate::pgbouncer::{self, Admin, State, Target};
+use crate::pgbouncer::{Admin, State, Target};
 use crate::postgres::Server;
 use crate::route::{self, Identity};
 
@@ -246,9 +246,9 @@ impl Eyes {
     async fn pgbouncer_state(&mut self, fleet: &Fleet) -> Option<State> {
         if self.admins.is_empty() {
             let password = fleet.password.read().ok()?;
-            let (targets, _) =
-                pgbouncer::resolve_all(&fleet.urls, password.as_deref(), fleet.connect_timeout)
-                    .await;
+            let (targets, _) = fleet
+                .resolve(password.as_deref(), fleet.connect_timeout)
+                .await;
             self.admins = targets.into_iter().map(|t| (t, None)).collect();
         }
         let mut states = Vec::new();
