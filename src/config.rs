@@ -8,21 +8,7 @@ use crate::exit::UsageError;
 
 /// Whether any URL among the process' arguments carries a password (visible in `ps`).
 pub fn password_in_argv() -> bool {
-    std::env::args().any(|arg| arg.contains("://") && url_has_password(&arg))
-}
-
-fn url_has_password(url: &str) -> bool {
-    let Some(rest) = url.split_once("://").map(|(_, rest)| rest) else {
-        return false;
-    };
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let query = rest.split_once('?').map(|(_, q)| q).unwrap_or("");
-    authority
-        .rsplit_once('@')
-        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
-        || query
-            .split('&')
-            .any(|pair| pair.to_ascii_lowercase().starts_with("password="))
+    std::env::args().any(|arg| arg.contains("://") && crate::conninfo::has_password(&arg))
 }
 
 /// Parses `500ms`, `10s`, `2m`, `1.5s` or a bare number of seconds.
@@ -96,14 +82,5 @@ mod tests {
             let got = parse_duration(text).ok().map(|d| d.as_secs_f64());
             assert_eq!(got, seconds, "{text:?}");
         }
-    }
-
-    #[test]
-    fn password_detection() {
-        assert!(url_has_password("postgresql://u:p@h/db"));
-        assert!(!url_has_password("postgresql://u@h/db"));
-        assert!(!url_has_password("postgresql://h:6432/db"));
-        assert!(!url_has_password("postgresql://u@h/db?x=a:b@c"));
-        assert!(url_has_password("postgresql://u@h/db?password=p"));
     }
 }

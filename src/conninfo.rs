@@ -93,6 +93,18 @@ fn redact_keywords(text: &str) -> String {
     }
 }
 
+/// Whether a URL carries a password: in its user-info or as a `password=` query parameter.
+pub fn has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let in_userinfo = authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    in_userinfo || setting(url, "password").is_some()
+}
+
 /// The value a connection string gives `key`, in the URL query or the keyword form.
 fn setting(text: &str, key: &str) -> Option<String> {
     let text = text.trim();
@@ -186,4 +198,21 @@ pub fn describe(err: &tokio_postgres::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_detection() {
+        assert!(has_password("postgresql://u:p@h/db"));
+        assert!(!has_password("postgresql://u@h/db"));
+        assert!(!has_password("postgresql://h:6432/db"));
+        assert!(!has_password("postgresql://u@h/db?x=a:b@c"));
+        assert!(has_password("postgresql://u@h/db?password=p"));
+        assert!(has_password(
+            "postgresql://u@h/db?sslmode=disable&PASSWORD=p"
+        ));
+    }
 }
