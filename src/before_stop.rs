@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use crate::decision::Action;
 use crate::fleet::{self, Fleet};
 use crate::report::{self, Mode};
-use crate::{config, detach, exit, safety, view};
+use crate::{config, detach, exit, runtime, safety, view};
 
 /// Everything `before-stop` needs, from its command line.
 #[derive(Clone, Debug)]
@@ -38,10 +38,7 @@ pub fn run(settings: &Settings) -> Result<u8> {
     if settings.timeout.is_zero() {
         return Err(config::usage("--timeout must be more than 0"));
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(async {
+    runtime::block_on(async {
         let deadline = Instant::now() + settings.timeout;
         match tokio::time::timeout_at(deadline, run_async(settings, deadline)).await {
             Ok(result) => result,
@@ -50,19 +47,12 @@ pub fn run(settings: &Settings) -> Result<u8> {
                 settings.timeout
             )),
         }
-    });
-    // Never wait for a name lookup stuck in a blocking thread: the run is over.
-    runtime.shutdown_background();
-    result
+    })?
 }
 
 /// The detached safety net's whole life (see [`safety`]).
 pub fn run_net(fleet: &Fleet, max_pause: Duration) -> Result<u8> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(safety::watch(fleet, max_pause));
-    runtime.shutdown_background();
+    runtime::block_on(safety::watch(fleet, max_pause))?;
     Ok(exit::OK)
 }
 

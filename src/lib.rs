@@ -21,6 +21,7 @@ pub mod pgbouncer;
 pub mod postgres;
 pub mod report;
 pub mod route;
+pub mod runtime;
 pub mod safety;
 pub mod view;
 pub mod watchdog;

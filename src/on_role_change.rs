@@ -13,7 +13,7 @@ use crate::decision::{self, Action, Callback, ResumePlan};
 use crate::fleet::{self, Fleet};
 use crate::postgres::{self, Server};
 use crate::report::{self, Mode};
-use crate::{detach, exit, route};
+use crate::{detach, exit, route, runtime};
 
 /// Where the wait and the RESUME happen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,12 +50,7 @@ pub const WORKER_FLAG: &str = "--detached-worker";
 
 /// Runs the hook to its end; a worker also reports its exit code to the callback.
 pub fn run(settings: &Settings) -> Result<u8> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(run_async(settings));
-    // Never wait for a name lookup stuck in a blocking thread: the run is over.
-    runtime.shutdown_background();
+    let result = runtime::block_on(run_async(settings)).and_then(|r| r);
     if settings.process == Process::Worker {
         detach::report(match &result {
             Ok(code) => *code,

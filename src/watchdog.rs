@@ -131,10 +131,7 @@ pub fn judge(memory: &mut Memory, look: &Look, now: Instant, max_pause: Duration
 
 /// Runs the watchdog until SIGTERM/SIGINT or `run_for`.
 pub fn run(settings: &Settings) -> Result<u8> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
+    crate::runtime::block_on(async {
         tokio::select! {
             result = watch(settings) => result,
             _ = shutdown_signal() => {
@@ -142,8 +139,7 @@ pub fn run(settings: &Settings) -> Result<u8> {
                 Ok(())
             }
         }
-    })?;
-    runtime.shutdown_background();
+    })??;
     Ok(crate::exit::OK)
 }
 
