@@ -46,6 +46,17 @@ pub async fn identity(client: &Client) -> Result<Identity> {
     bail!("identity query returned no row")
 }
 
+/// A fresh session to `server` and the identity it answers with, both within `bound`.
+pub async fn identify(server: &Server, bound: Duration) -> Result<(Client, Identity)> {
+    tokio::time::timeout(bound, async {
+        let client = server.connect(bound).await?;
+        let identity = identity(&client).await?;
+        Ok((client, identity))
+    })
+    .await
+    .map_err(|_| anyhow!("{}: no answer within {bound:?}", server.shown))?
+}
+
 /// Whether `upstream` is this very server, in the same state: writable when this member is
 /// (a primary), in recovery when this member is (a standby leader, which RESUMEs without
 /// promotion: its route leads to a server in recovery by design).
@@ -85,13 +96,10 @@ pub async fn wait_for_route(
 ) -> bool {
     let started = Instant::now();
     let deadline = started + timeout;
-    let me = tokio::time::timeout(Duration::from_secs(5), async {
-        let client = local.connect(Duration::from_secs(5)).await?;
-        identity(&client).await
-    })
-    .await
-    .unwrap_or_else(|_| Err(anyhow!("{}: no answer within 5s", local.shown)));
-    let me = match me {
+    let me = match identify(local, Duration::from_secs(5))
+        .await
+        .map(|(_, me)| me)
+    {
         Ok(me) => Identity {
             in_recovery: !writable,
             ..me
@@ -116,15 +124,9 @@ pub async fn wait_for_route(
             let remaining = deadline
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1));
-            let seen = tokio::time::timeout(remaining.min(Duration::from_secs(2)), async {
-                let client = upstream
-                    .connect(remaining.min(Duration::from_secs(2)))
-                    .await?;
-                identity(&client).await
-            })
-            .await
-            .map_err(|_| anyhow!("no answer"))
-            .and_then(|r| r);
+            let seen = identify(upstream, remaining.min(Duration::from_secs(2)))
+                .await
+                .map(|(_, them)| them);
             match seen {
                 Ok(them) if reaches(&me, &them) => {
                     tracing::info!(upstream = %upstream.shown, event = "route", action = "reached", route_ms = started.elapsed().as_millis() as u64, "route reaches this member");

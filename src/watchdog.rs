@@ -276,10 +276,7 @@ impl Eyes {
             }
         }
         for upstream in upstreams {
-            let Ok(Ok(client)) = tokio::time::timeout(BOUND, upstream.connect(BOUND)).await else {
-                continue;
-            };
-            if let Ok(Ok(identity)) = tokio::time::timeout(BOUND, route::identity(&client)).await {
+            if let Ok((client, identity)) = route::identify(upstream, BOUND).await {
                 self.upstream = Some(client);
                 return (!identity.in_recovery).then_some(identity);
             }
