@@ -33,17 +33,6 @@ fn bench_secs() -> u64 {
         .unwrap_or(40)
 }
 
-fn wants(patroni: u8) -> bool {
-    match std::env::var("PPH_PATRONI")
-        .unwrap_or_else(|_| "both".into())
-        .as_str()
-    {
-        "3" => patroni == 3,
-        "4" => patroni == 4,
-        _ => true,
-    }
-}
-
 /// What a scenario observed.
 #[derive(Debug, Default)]
 struct Outcome {
@@ -113,17 +102,7 @@ impl Outcome {
     }
 
     fn record(&self) {
-        let line = self.summary();
-        println!("{line}");
-        let dir = std::env::var("CARGO_TARGET_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
-            .join("e2e");
-        let _ = std::fs::create_dir_all(&dir);
-        let _ = std::fs::write(
-            dir.join(format!("{}-p{}.txt", self.label, self.patroni)),
-            line + "\n",
-        );
+        cluster::record_result(&self.label, self.patroni, &self.summary());
     }
 
     /// Assertions every scenario shares (scenario 6 relaxes the long transaction only).
@@ -521,8 +500,8 @@ fn s8_pending_restart(p: u8) {
 
 macro_rules! per_patroni {
     ($($name:ident => $f:ident),* $(,)?) => {
-        mod patroni3 { $( #[test] fn $name() { if super::wants(3) { let _g = super::serial(); super::$f(3) } } )* }
-        mod patroni4 { $( #[test] fn $name() { if super::wants(4) { let _g = super::serial(); super::$f(4) } } )* }
+        mod patroni3 { $( #[test] fn $name() { if pph_support::cluster::wants(3) { let _g = super::serial(); super::$f(3) } } )* }
+        mod patroni4 { $( #[test] fn $name() { if pph_support::cluster::wants(4) { let _g = super::serial(); super::$f(4) } } )* }
     };
 }
 
@@ -542,7 +521,7 @@ per_patroni! {
 #[ignore]
 fn control_without_hooks() {
     let _g = serial();
-    let p = if wants(4) { 4 } else { 3 };
+    let p = if cluster::wants(4) { 4 } else { 3 };
     let (s1, c1) = scenario(
         Opts::new("control-s1-switchover", p, Hooks::Off),
         Duration::from_secs(8),
@@ -604,7 +583,7 @@ fn out_dir(sub: &str) -> std::path::PathBuf {
 }
 
 fn bench_patroni() -> u8 {
-    if wants(4) {
+    if cluster::wants(4) {
         4
     } else {
         3

@@ -34,17 +34,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn wants(patroni: u8) -> bool {
-    match std::env::var("PPH_PATRONI")
-        .unwrap_or_else(|_| "both".into())
-        .as_str()
-    {
-        "3" => patroni == 3,
-        "4" => patroni == 4,
-        _ => true,
-    }
-}
-
 /// pgbench -T for a pod scenario: `default` (as short as the action allows: the suite's
 /// budget), or PPH_PODS_PGBENCH_SECS.
 fn secs(default: u64) -> u64 {
@@ -132,17 +121,7 @@ impl Outcome {
     }
 
     fn record(&self) {
-        let line = self.summary();
-        println!("{line}");
-        let dir = std::env::var("CARGO_TARGET_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
-            .join("e2e");
-        let _ = std::fs::create_dir_all(&dir);
-        let _ = std::fs::write(
-            dir.join(format!("{}-p{}.txt", self.label, self.patroni)),
-            line + "\n",
-        );
+        cluster::record_result(&self.label, self.patroni, &self.summary());
     }
 
     /// What every pod scenario must show when the hooks (and, where needed, the watchdog)
@@ -682,8 +661,8 @@ fn p5_kill_while_draining(p: u8, watchdog: bool) {
 
 macro_rules! per_patroni {
     ($($(#[$m:meta])* $name:ident => $body:expr),* $(,)?) => {
-        mod patroni3 { $( $(#[$m])* #[test] fn $name() { if super::wants(3) { let _g = super::serial(); let f: fn(u8) = $body; f(3) } } )* }
-        mod patroni4 { $( $(#[$m])* #[test] fn $name() { if super::wants(4) { let _g = super::serial(); let f: fn(u8) = $body; f(4) } } )* }
+        mod patroni3 { $( $(#[$m])* #[test] fn $name() { if pph_support::cluster::wants(3) { let _g = super::serial(); let f: fn(u8) = $body; f(3) } } )* }
+        mod patroni4 { $( $(#[$m])* #[test] fn $name() { if pph_support::cluster::wants(4) { let _g = super::serial(); let f: fn(u8) = $body; f(4) } } )* }
     };
 }
 
@@ -703,14 +682,14 @@ mod proofs {
     #[test]
     #[ignore = "proof of case B without the watchdog (PgBouncer stays paused past --max-pause until resumed by hand): run on demand"]
     fn p2_late_hooks_patroni4() {
-        if super::wants(4) {
+        if pph_support::cluster::wants(4) {
             let _g = super::serial();
             super::p2_late_hooks(4, false)
         }
     }
     #[test]
     fn p3_resume_fails_patroni4() {
-        if super::wants(4) {
+        if pph_support::cluster::wants(4) {
             let _g = super::serial();
             super::p3_resume_fails(4, false)
         }
@@ -718,7 +697,7 @@ mod proofs {
     #[test]
     #[ignore = "proof of case C without the watchdog (paused about Patroni's ttl): run on demand"]
     fn p5_kill_while_draining_patroni4() {
-        if super::wants(4) {
+        if pph_support::cluster::wants(4) {
             let _g = super::serial();
             super::p5_kill_while_draining(4, false)
         }

@@ -35,6 +35,32 @@ pub fn hook_summaries(text: &str, hook: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Whether `PPH_PATRONI` (3, 4, or both when unset) asks for scenarios on this Patroni.
+pub fn wants(patroni: u8) -> bool {
+    match std::env::var("PPH_PATRONI")
+        .unwrap_or_else(|_| "both".into())
+        .as_str()
+    {
+        "3" => patroni == 3,
+        "4" => patroni == 4,
+        _ => true,
+    }
+}
+
+/// Prints a scenario's RESULT line and keeps it in `target/e2e/<label>-p<patroni>.txt`.
+pub fn record_result(label: &str, patroni: u8, line: &str) {
+    println!("{line}");
+    let dir = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target"))
+        .join("e2e");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(
+        dir.join(format!("{label}-p{patroni}.txt")),
+        format!("{line}\n"),
+    );
+}
+
 /// Whether a before-stop summary read its view from patronictl: with the REST API
 /// configured, REST failed or lost the race.
 pub fn fell_back(summary: &serde_json::Value) -> bool {
