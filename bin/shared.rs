@@ -110,10 +110,7 @@ impl CommonArgs {
     }
 
     pub fn log_format(&self) -> LogFormat {
-        match self.log_format {
-            LogFormatArg::Text => LogFormat::Text,
-            LogFormatArg::Json => LogFormat::Json,
-        }
+        self.log_format.format()
     }
 }
 
@@ -121,6 +118,15 @@ impl CommonArgs {
 pub enum LogFormatArg {
     Text,
     Json,
+}
+
+impl LogFormatArg {
+    pub fn format(self) -> LogFormat {
+        match self {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
 }
 
 /// The exit code for a run's result; an error is printed once, as one line: the run's

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use crate::decision::Action;
 use crate::fleet::{self, Fleet};
 use crate::report::{self, Mode};
-use crate::{config, detach, exit, runtime, safety, view};
+use crate::{config, detach, exit, owner, runtime, safety, view};
 
 /// Everything `before-stop` needs, from its command line.
 #[derive(Clone, Debug)]
@@ -50,9 +50,15 @@ pub fn run(settings: &Settings) -> Result<u8> {
     })?
 }
 
-/// The detached safety net's whole life (see [`safety`]).
-pub fn run_net(fleet: &Fleet, max_pause: Duration) -> Result<u8> {
-    runtime::block_on(safety::watch(fleet, max_pause))?;
+/// The flag that hands the pause id to the safety net.
+pub const PAUSE_ID_FLAG: &str = "--pause-id";
+/// What the net says on its stdout once it holds the pause's mark.
+const HOLDING: &str = "holding";
+
+/// The detached safety net's whole life (see [`safety`]): pause `id`'s mark, and its RESUME
+/// after `max_pause` (zero: never).
+pub fn run_net(fleet: &Fleet, max_pause: Duration, id: &str) -> Result<u8> {
+    runtime::block_on(safety::watch(fleet, max_pause, id, || detach::say(HOLDING)))?;
     Ok(exit::OK)
 }
 
@@ -100,19 +106,17 @@ async fn run_async(settings: &Settings, deadline: Instant) -> Result<u8> {
 
     let pause_started = Instant::now();
     let until = deadline.checked_sub(RESERVE).unwrap_or(deadline);
-    let result = fleet::pause_all(&settings.fleet, settings.pause_timeout, until).await?;
+    let id = owner::new_pause_id(&member);
+    let (result, marks) =
+        fleet::pause_all(&settings.fleet, settings.pause_timeout, until, &id).await?;
     let pause_ms = pause_started.elapsed().as_millis() as u64;
     let pausing = result.maybe_pausing();
-    if pausing > 0 && !settings.max_pause.is_zero() {
-        let extra = [
-            NET_FLAG.into(),
-            format!("{}ms", settings.max_pause.as_millis()).into(),
-        ];
-        if let Err(err) = detach::spawn(&extra) {
-            tracing::warn!("could not start the pause safety net: {err:#}");
-        }
+    if pausing > 0 {
+        hand_over_mark(settings.max_pause, &id, until).await;
     }
+    drop(marks);
     let outcome = match (result.draining + result.uncertain, result.failed) {
+        _ if pausing == 0 && result.left_alone > 0 => "left alone (paused by somebody else)",
         _ if pausing == 0 => "nothing paused",
         (0, 0) => "paused",
         (_, 0) => "pausing (still draining, or maybe)",
@@ -120,6 +124,33 @@ async fn run_async(settings: &Settings, deadline: Instant) -> Result<u8> {
     };
     done(outcome, Some(&result), pause_ms);
     Ok(if pausing > 0 { exit::OK } else { exit::FAILURE })
+}
+
+/// Starts the safety net and waits (at most until `until`) for it to hold pause `id`'s mark,
+/// so the mark never lapses between the PAUSE sessions and the net's.
+async fn hand_over_mark(max_pause: Duration, id: &str, until: Instant) {
+    let extra = [
+        NET_FLAG.into(),
+        format!("{}ms", max_pause.as_millis()).into(),
+        PAUSE_ID_FLAG.into(),
+        id.into(),
+    ];
+    let worker = match detach::spawn_awaitable(&extra) {
+        Ok(worker) => worker,
+        Err(err) => {
+            tracing::warn!(event = "safety-net", action = "not-started", "could not start the pause safety net: {err:#}; the pause's mark ends with this run (the watchdog beside PgBouncer keeps it once it has seen it)");
+            return;
+        }
+    };
+    let left = until.saturating_duration_since(Instant::now());
+    let held = tokio::task::spawn_blocking(move || worker.wait_for_word(HOLDING, left)).await;
+    if !matches!(held, Ok(true)) {
+        tracing::warn!(
+            event = "safety-net",
+            action = "late",
+            "the safety net did not report holding the pause's mark within the run's bound"
+        );
+    }
 }
 
 /// `--check`: every PgBouncer reachable as an admin, and this member in the view.

@@ -93,6 +93,34 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Waits for the worker to say `word` on a line of its own (see [`say`]); false when it
+    /// ended, or did not say it within `timeout`.
+    pub fn wait_for_word(self, word: &'static str, timeout: Duration) -> bool {
+        use std::io::BufRead;
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let mut output = std::io::BufReader::new(self.output);
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while output.read_line(&mut line).is_ok_and(|n| n > 0) {
+                if line.trim() == word {
+                    let _ = sender.send(());
+                    return;
+                }
+                line.clear();
+            }
+        });
+        receiver.recv_timeout(timeout).is_ok()
+    }
+}
+
+/// Called by a worker to tell the awaiting foreground `word` (on a line of its own).
+pub fn say(word: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{word}").and_then(|()| out.flush());
+}
+
 /// Called by the worker at its end: the awaiting foreground reads this line.
 /// Never fails: when Patroni has killed the callback, nobody reads this pipe any more, and a
 /// closed stdout must not turn a finished job into a panic.

@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::time::Instant;
 
-use crate::pgbouncer::{Admin, Answer, Paused, Target, Url};
+use crate::owner::{self, Owner};
+use crate::pgbouncer::{Admin, Answer, Paused, State, Target, Url};
 
 /// Where the admin password comes from: `PGBOUNCER_PASSWORD`, else a file. Read when a job
 /// needs it, so a dry run never touches the secret.
@@ -159,17 +160,21 @@ where
 
 #[derive(Debug, Default)]
 pub struct PauseResult {
-    /// PAUSE answered, or PgBouncer was already paused.
+    /// PAUSE answered, or PgBouncer was already in another hooks' pause (joined).
     pub paused: usize,
     /// PAUSE sent but still waiting for transactions when the bound ran out.
     pub draining: usize,
     /// The connection broke after PAUSE went out: PgBouncer may be pausing.
     pub uncertain: usize,
+    /// Already paused by somebody else (no hooks' mark) or held by an operator: left alone,
+    /// and never resumed by the hooks.
+    pub left_alone: usize,
     pub failed: usize,
 }
 
 impl PauseResult {
-    /// PgBouncers that are, or may be, pausing: each needs a RESUME, so the net is armed.
+    /// PgBouncers that are, or may be, in this pause: each needs a RESUME, so the net holds
+    /// the mark for them.
     pub fn maybe_pausing(&self) -> usize {
         self.paused + self.draining + self.uncertain
     }
@@ -179,31 +184,60 @@ enum PauseOutcome {
     Paused(Answer),
     Draining,
     Uncertain(String),
+    /// Already paused, and not by the hooks.
+    LeftAlone(Owner),
 }
 
-/// Sends PAUSE everywhere and waits for it at most `pause_timeout`, and never past `until`
-/// (resolution, connection and drain included).
+/// The admin sessions that carry this pause's mark: kept open until the safety net holds
+/// the mark itself, so a look at `SHOW CLIENTS` never finds the hooks' pause unmarked.
+pub struct Marks(#[allow(dead_code)] Vec<Admin>);
+
+/// Sends PAUSE everywhere, on sessions marked as pause `id` ([`crate::owner`]), and waits for
+/// it at most `pause_timeout`, and never past `until` (resolution, connection and drain
+/// included).
 ///
 /// A PAUSE still draining when the bound runs out is left pending: PgBouncer stays pausing
 /// after the connection closes, Postgres' fast shutdown ends the long transactions, and the
-/// queued clients then wait for RESUME on the new primary.
+/// queued clients then wait for RESUME on the new primary. A PgBouncer that somebody else
+/// paused is left alone: the hooks do not take over a pause they did not make.
 pub async fn pause_all(
     fleet: &Fleet,
     pause_timeout: Duration,
     until: Instant,
-) -> Result<PauseResult> {
-    let connect_timeout = fleet.connect_timeout;
+    id: &str,
+) -> Result<(PauseResult, Marks)> {
+    let (connect_timeout, command_timeout) = (fleet.connect_timeout, fleet.command_timeout);
+    let mark = owner::pause_mark(id);
+    let id = id.to_string();
     let left = until.saturating_duration_since(Instant::now());
     let (outcomes, unresolved) = fleet
-        .drive(left, |target| async move {
-            let left = until.saturating_duration_since(Instant::now());
-            let admin = Admin::connect(&target, connect_timeout.min(left)).await?;
-            let left = until.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(pause_timeout.min(left), admin.pause()).await {
-                Ok(Ok(Paused::Yes(answer))) => Ok(PauseOutcome::Paused(answer)),
-                Ok(Ok(Paused::Maybe(why))) => Ok(PauseOutcome::Uncertain(why)),
-                Ok(Err(err)) => Err(err),
-                Err(_) => Ok(PauseOutcome::Draining),
+        .drive(left, |target| {
+            let (mark, id) = (mark.clone(), id.clone());
+            async move {
+                let left = until.saturating_duration_since(Instant::now());
+                let admin = Admin::connect(&target.named(&mark), connect_timeout.min(left)).await?;
+                let left = until.saturating_duration_since(Instant::now());
+                let outcome = match tokio::time::timeout(pause_timeout.min(left), admin.pause())
+                    .await
+                {
+                    Ok(Ok(Paused::Yes(Answer::Done))) => PauseOutcome::Paused(Answer::Done),
+                    Ok(Ok(Paused::Yes(Answer::AlreadyThere))) => {
+                        let left = until.saturating_duration_since(Instant::now());
+                        let owner = tokio::time::timeout(command_timeout.min(left), admin.owner())
+                            .await
+                            .map_err(|_| anyhow!("SHOW CLIENTS got no answer"))??
+                            .without(&id);
+                        match owner {
+                            Owner::Hooks(_) => PauseOutcome::Paused(Answer::AlreadyThere),
+                            other => PauseOutcome::LeftAlone(other),
+                        }
+                    }
+                    Ok(Ok(Paused::Maybe(why))) => PauseOutcome::Uncertain(why),
+                    Ok(Err(err)) => return Err(err),
+                    Err(_) => PauseOutcome::Draining,
+                };
+                let keep = !matches!(outcome, PauseOutcome::LeftAlone(_));
+                Ok((outcome, keep.then_some(admin)))
             }
         })
         .await?;
@@ -211,18 +245,26 @@ pub async fn pause_all(
         failed: unresolved.len(),
         ..PauseResult::default()
     };
+    let mut marks = Vec::new();
     for problem in unresolved {
         tracing::error!(command = "PAUSE", result = "failed", "{problem}");
     }
     for outcome in outcomes {
         let ms = outcome.elapsed.as_millis() as u64;
         let pgbouncer = outcome.target.shown.as_str();
-        match outcome.result {
+        let outcome = match outcome.result {
+            Ok((outcome, session)) => {
+                marks.extend(session);
+                Ok(outcome)
+            }
+            Err(err) => Err(err),
+        };
+        match outcome {
             Ok(PauseOutcome::Paused(answer)) => {
                 let said = if answer == Answer::Done {
                     "paused"
                 } else {
-                    "already paused"
+                    "already in a hooks' pause"
                 };
                 tracing::info!(
                     pgbouncer,
@@ -253,6 +295,18 @@ pub async fn pause_all(
                 );
                 result.uncertain += 1;
             }
+            Ok(PauseOutcome::LeftAlone(owner)) => {
+                tracing::warn!(
+                    pgbouncer,
+                    command = "PAUSE",
+                    result = "left alone",
+                    owner = owner.as_str(),
+                    ms,
+                    "PgBouncer was already paused by somebody else ({}): the hooks leave that pause alone and will not RESUME it",
+                    if owner == Owner::Held { "an operator holds it" } else { "no hooks' mark" }
+                );
+                result.left_alone += 1;
+            }
             Err(err) => {
                 tracing::error!(
                     pgbouncer,
@@ -265,37 +319,63 @@ pub async fn pause_all(
             }
         }
     }
-    Ok(result)
+    Ok((result, Marks(marks)))
 }
 
 // ----------------------------------------------------------------------------- RESUME
 
 #[derive(Debug, Default)]
 pub struct ResumeResult {
-    /// RESUME answered (or nothing was paused) and SHOW STATE says not paused.
+    /// RESUME answered and SHOW STATE says not paused.
     pub resumed: usize,
     /// RESUME answered but SHOW STATE is missing (PgBouncer < 1.19).
     pub unverified: usize,
+    /// SHOW STATE said not paused: nothing sent.
+    pub not_paused: usize,
+    /// Paused, but not by the hooks (no mark), held by an operator, or a later hooks' pause
+    /// than the one this RESUME was for: nothing sent.
+    pub left_alone: usize,
     pub failed: usize,
 }
 
-struct ResumeOutcome {
-    answer: Answer,
-    /// SHOW STATE confirmed it; false where PgBouncer has no SHOW STATE.
-    verified: bool,
+impl ResumeResult {
+    /// No PgBouncer is left in a pause of the hooks that this RESUME was for.
+    pub fn ok(&self) -> bool {
+        self.failed == 0
+    }
 }
 
-/// Sends RESUME everywhere, then checks with SHOW STATE that no PgBouncer is still paused.
-/// A target that fails (unreachable, no answer, still paused) is tried again, backing off
-/// from 250 ms to 2 s, for `retry_for`: one lost RESUME must not leave PgBouncer paused.
+/// What one target's RESUME came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResumeOutcome {
+    Resumed {
+        answer: Answer,
+        /// SHOW STATE confirmed it; false where PgBouncer has no SHOW STATE.
+        verified: bool,
+    },
+    NotPaused,
+    LeftAlone(String),
+}
+
+/// Sends RESUME to every PgBouncer that is in a hooks' pause ([`crate::owner`]), then checks
+/// with SHOW STATE that it is no longer paused. A pause nobody marked, or one an operator
+/// holds, is left alone. A target that fails (unreachable, no answer, still paused) is tried
+/// again, backing off from 250 ms to 2 s, for `retry_for`, but only while the pause is the one
+/// first seen: a retry never ends a later pause.
 pub async fn resume_all(fleet: &Fleet, retry_for: Duration) -> Result<ResumeResult> {
     let (connect_timeout, command_timeout) = (fleet.connect_timeout, fleet.command_timeout);
     let (outcomes, unresolved) = fleet
         .drive(connect_timeout, |target| async move {
             let until = Instant::now() + retry_for;
             let mut pause = Duration::from_millis(250);
+            let mut first = None;
             loop {
-                match resume_one(&target, connect_timeout, command_timeout).await {
+                let admin = Admin::connect(&target, connect_timeout).await;
+                let result = match admin {
+                    Ok(admin) => resume_owned(&admin, command_timeout, &mut first).await,
+                    Err(err) => Err(err),
+                };
+                match result {
                     Ok(outcome) => return Ok(outcome),
                     Err(err) if Instant::now() + pause > until => return Err(err),
                     Err(err) => {
@@ -318,26 +398,14 @@ pub async fn resume_all(fleet: &Fleet, retry_for: Duration) -> Result<ResumeResu
         let ms = outcome.elapsed.as_millis() as u64;
         let pgbouncer = outcome.target.shown.as_str();
         match outcome.result {
-            Ok(ResumeOutcome { answer, verified }) => {
-                let said = if answer == Answer::Done {
-                    "resumed"
-                } else {
-                    "was not paused"
-                };
-                let proof = if verified {
-                    result.resumed += 1;
-                    "SHOW STATE says not paused"
-                } else {
-                    result.unverified += 1;
-                    "SHOW STATE check skipped: it needs PgBouncer >= 1.19 (the RESUME answer is the proof)"
-                };
-                tracing::info!(
-                    pgbouncer,
-                    command = "RESUME",
-                    result = said,
-                    ms,
-                    "RESUME {said}; {proof}"
-                );
+            Ok(outcome) => {
+                log_resume(pgbouncer, &outcome, ms);
+                match outcome {
+                    ResumeOutcome::Resumed { verified: true, .. } => result.resumed += 1,
+                    ResumeOutcome::Resumed { .. } => result.unverified += 1,
+                    ResumeOutcome::NotPaused => result.not_paused += 1,
+                    ResumeOutcome::LeftAlone(_) => result.left_alone += 1,
+                }
             }
             Err(err) => {
                 tracing::error!(
@@ -354,14 +422,97 @@ pub async fn resume_all(fleet: &Fleet, retry_for: Duration) -> Result<ResumeResu
     Ok(result)
 }
 
-async fn resume_one(
-    target: &Target,
-    connect_timeout: Duration,
+/// One log line for one target's RESUME outcome (`command=RESUME`, `result`).
+pub fn log_resume(pgbouncer: &str, outcome: &ResumeOutcome, ms: u64) {
+    match outcome {
+        ResumeOutcome::Resumed { answer, verified } => {
+            let said = if *answer == Answer::Done {
+                "resumed"
+            } else {
+                "was not paused"
+            };
+            let proof = if *verified {
+                "SHOW STATE says not paused"
+            } else {
+                "SHOW STATE check skipped: it needs PgBouncer >= 1.19 (the RESUME answer is the proof)"
+            };
+            tracing::info!(
+                pgbouncer,
+                command = "RESUME",
+                result = said,
+                ms,
+                "RESUME {said}; {proof}"
+            );
+        }
+        ResumeOutcome::NotPaused => tracing::info!(
+            pgbouncer,
+            command = "RESUME",
+            result = "not paused",
+            ms,
+            "SHOW STATE says not paused: no RESUME sent"
+        ),
+        ResumeOutcome::LeftAlone(why) => tracing::warn!(
+            pgbouncer,
+            command = "RESUME",
+            result = "left alone",
+            ms,
+            "not resumed: {why}"
+        ),
+    }
+}
+
+/// On one session: if PgBouncer is in a hooks' pause, RESUME it and check. `first` is the
+/// owner seen on the first try; on a retry, a pause with none of those ids is a later one.
+pub async fn resume_owned(
+    admin: &Admin,
     command_timeout: Duration,
+    first: &mut Option<Vec<String>>,
 ) -> Result<ResumeOutcome> {
-    let admin = Admin::connect(target, connect_timeout).await?;
     let bounded =
         |what: &'static str| move |_| anyhow!("{what} got no answer within {command_timeout:?}");
+    let state = tokio::time::timeout(command_timeout, admin.state())
+        .await
+        .map_err(bounded("SHOW STATE"))??;
+    if matches!(
+        state,
+        Some(State {
+            paused: false,
+            suspended: false
+        })
+    ) {
+        return Ok(ResumeOutcome::NotPaused);
+    }
+    let owner = tokio::time::timeout(command_timeout, admin.owner())
+        .await
+        .map_err(bounded("SHOW CLIENTS"))??;
+    let ids = match owner {
+        Owner::Held => {
+            return Ok(ResumeOutcome::LeftAlone(
+                "an operator holds this pause (a pph-hold session is connected)".into(),
+            ))
+        }
+        Owner::Other if state.is_none() => return Ok(ResumeOutcome::LeftAlone(
+            "no hooks' pause is marked (PgBouncer < 1.19 cannot say whether it is paused at all)"
+                .into(),
+        )),
+        Owner::Other => {
+            return Ok(ResumeOutcome::LeftAlone(
+                "paused by somebody else (no hooks' mark): the hooks never end such a pause".into(),
+            ))
+        }
+        Owner::Hooks(ids) => ids,
+    };
+    if let Some(seen) = first {
+        if !ids.iter().any(|id| seen.contains(id)) {
+            return Ok(ResumeOutcome::LeftAlone(format!(
+                "a later hooks' pause ({}) than the one this RESUME was for ({})",
+                ids.join(","),
+                seen.join(",")
+            )));
+        }
+    } else {
+        *first = Some(ids);
+    }
     let answer = tokio::time::timeout(command_timeout, admin.resume())
         .await
         .map_err(bounded("RESUME"))??;
@@ -374,7 +525,7 @@ async fn resume_one(
             state.paused,
             state.suspended
         ),
-        state => Ok(ResumeOutcome {
+        state => Ok(ResumeOutcome::Resumed {
             answer,
             verified: state.is_some(),
         }),

@@ -158,14 +158,15 @@ async fn run_async(settings: &Settings) -> Result<u8> {
     let result = fleet::resume_all(&settings.fleet, settings.resume_retry).await?;
     let resume_ms = resume_started.elapsed().as_millis() as u64;
     let done = result.resumed + result.unverified;
-    let ok = done > 0 && result.failed == 0;
-    let outcome = match (ok, done) {
-        (true, _) => "resumed",
-        (false, 0) => "nothing resumed",
-        (false, _) => "partly resumed",
+    let outcome = match (result.failed, done) {
+        (0, 0) if result.left_alone > 0 => "left alone (not the hooks' pause)",
+        (0, 0) => "nothing to resume",
+        (0, _) => "resumed",
+        (_, 0) => "nothing resumed",
+        _ => "partly resumed",
     };
     summary(outcome, &ready, resume_ms, Some(&result), None);
-    Ok(if ok { exit::OK } else { exit::FAILURE })
+    Ok(if result.ok() { exit::OK } else { exit::FAILURE })
 }
 
 /// How the wait before RESUME went.

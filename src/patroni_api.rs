@@ -48,7 +48,8 @@ impl Api {
         Ok((parse_cluster(&cluster?)?, parse_history(&history?)?))
     }
 
-    async fn get(&self, path: &str, timeout: Duration) -> Result<String> {
+    /// `GET path`: the body of a 200 answer.
+    pub async fn get(&self, path: &str, timeout: Duration) -> Result<String> {
         let shown = format!("http://{}:{}{path}", self.host, self.port);
         let request = async {
             let mut stream =

@@ -23,6 +23,19 @@ pub struct Target {
     config: Config,
 }
 
+impl Target {
+    /// The same PgBouncer, with sessions named `application_name` (an ownership mark, see
+    /// [`crate::owner`]).
+    pub fn named(&self, application_name: &str) -> Target {
+        let mut config = self.config.clone();
+        config.application_name(application_name);
+        Target {
+            shown: self.shown.clone(),
+            config,
+        }
+    }
+}
+
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.shown)
@@ -114,6 +127,7 @@ impl Url {
     fn base(&self, password: Option<&str>) -> Config {
         let mut config = Config::new();
         config
+            .application_name(crate::owner::PLAIN)
             .dbname(self.config.get_dbname().unwrap_or("pgbouncer"))
             .ssl_mode(self.config.get_ssl_mode())
             .channel_binding(self.config.get_channel_binding());
@@ -258,6 +272,39 @@ impl Admin {
             .into_iter()
             .find_map(|row| row.into_iter().next())
             .ok_or_else(|| anyhow!("SHOW VERSION returned no row"))
+    }
+
+    /// The `application_name` of every admin-console session (`SHOW CLIENTS`, database
+    /// `pgbouncer`): who may own a pause ([`crate::owner`]). Read by column name.
+    pub async fn admin_sessions(&self) -> Result<Vec<String>> {
+        let messages = self
+            .query("SHOW CLIENTS")
+            .await
+            .map_err(|m| admin_error("SHOW CLIENTS", &m))?;
+        let mut names = Vec::new();
+        for message in &messages {
+            let SimpleQueryMessage::Row(row) = message else {
+                continue;
+            };
+            let column = |name: &str| {
+                row.columns()
+                    .iter()
+                    .position(|c| c.name() == name)
+                    .and_then(|i| row.get(i))
+            };
+            let Some(application_name) = column("application_name") else {
+                bail!("SHOW CLIENTS has no application_name column (PgBouncer < 1.18)");
+            };
+            if column("database") == Some("pgbouncer") {
+                names.push(application_name.to_string());
+            }
+        }
+        Ok(names)
+    }
+
+    /// Who owns the pause, from the admin sessions connected now.
+    pub async fn owner(&self) -> Result<crate::owner::Owner> {
+        Ok(crate::owner::owner(&self.admin_sessions().await?))
     }
 
     /// `SHOW CONFIG` as key/value pairs.

@@ -69,6 +69,7 @@ pub fn before_stop_summary(s: BeforeStop) {
         paused = p.paused,
         draining = p.draining,
         uncertain = p.uncertain,
+        left_alone = p.left_alone,
         failed = p.failed,
         outcome = s.outcome,
         "before-stop done"
@@ -107,6 +108,8 @@ pub fn on_role_change_summary(s: OnRoleChange) {
                 total_ms = s.total_ms,
                 resumed = r.resumed,
                 unverified = r.unverified,
+                not_paused = r.not_paused,
+                left_alone = r.left_alone,
                 failed = r.failed,
                 outcome = s.outcome,
                 "{message}"

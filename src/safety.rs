@@ -1,64 +1,131 @@
-//! The pause safety net: a PAUSE that nobody RESUMEs is a full outage, so `before-stop`
-//! leaves a detached watcher behind that RESUMEs PgBouncer if it is still paused
-//! `--max-pause` after the PAUSE.
+//! The pause safety net: the detached process `before-stop` leaves behind after a PAUSE.
 //!
-//! The watcher polls `SHOW STATE` and leaves as soon as it sees PgBouncer resumed, so it never
-//! RESUMEs a later, unrelated pause. PgBouncer < 1.19 has no `SHOW STATE`: there the watcher
-//! cannot see a RESUME and sends its RESUME at the deadline regardless (harmless when nothing
-//! is paused; the README names the one case where it is not). Its deadline is on the
-//! monotonic clock, counted from its own start: a step of the wall clock cannot move it.
+//! It does two jobs for the pause it was started for:
+//!
+//! * it **holds the pause's mark** ([`crate::owner`]): one admin session per PgBouncer named
+//!   `pph-pause/<id>`, opened before `before-stop` closes the sessions that sent PAUSE, so the
+//!   pause is never seen unmarked while it lasts; it tells `before-stop` so with a line on its
+//!   stdout;
+//! * if the pause is still on `--max-pause` after it began (on the monotonic clock, so a
+//!   step of the wall clock cannot move it), it **RESUMEs it**, retrying until SHOW STATE
+//!   confirms, but only while the pause is still the hooks' own: never when an operator holds
+//!   it (`pph-hold`), never when a later hooks' pause has begun.
+//!
+//! It polls `SHOW STATE` and leaves, closing its mark, as soon as PgBouncer is not paused.
+//! PgBouncer < 1.19 has no `SHOW STATE`: there it holds the mark until the deadline and then
+//! RESUMEs blindly (README, "Known limits"). With `--max-pause 0` it only holds the mark, for
+//! at most [`HOLD_LIMIT`].
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::fleet::Fleet;
-use crate::pgbouncer::{self, Admin, Target};
+use crate::fleet::{self, Fleet, ResumeOutcome};
+use crate::owner::{self, Owner};
+use crate::pgbouncer::{Admin, Target};
 
-const POLL: Duration = Duration::from_millis(500);
+const POLL: Duration = Duration::from_millis(250);
+/// With no RESUME deadline, the mark is held at most this long.
+pub const HOLD_LIMIT: Duration = Duration::from_secs(600);
+/// How long the deadline's RESUME is tried again.
+const RESUME_RETRY: Duration = Duration::from_secs(30);
 
-/// Runs the watcher for `max_pause`. Returns how many PgBouncers it had to RESUME.
-pub async fn watch(fleet: &Fleet, max_pause: Duration) -> usize {
-    let deadline = Instant::now() + max_pause;
-    tracing::info!(
-        event = "safety-net",
-        action = "armed",
-        pid = std::process::id(),
-        remaining_ms = max_pause.as_millis() as u64,
-        "safety net armed: will RESUME any PgBouncer still paused at the deadline"
-    );
+/// Holds pause `id`'s mark on every PgBouncer, calls `holding` once every reachable one is
+/// marked, and RESUMEs what is still in this pause at `max_pause` (zero: never). Returns how
+/// many PgBouncers it had to RESUME.
+pub async fn watch(fleet: &Fleet, max_pause: Duration, id: &str, holding: impl FnOnce()) -> usize {
+    let started = Instant::now();
+    let resumes = !max_pause.is_zero();
+    let deadline = started + if resumes { max_pause } else { HOLD_LIMIT };
     let (connect_timeout, command_timeout) = (fleet.connect_timeout, fleet.command_timeout);
+    let mark = owner::pause_mark(id);
     let driven = fleet
-        .drive(connect_timeout, |target| async move {
-            Ok(watch_one(&target, connect_timeout, command_timeout, deadline).await)
+        .drive(connect_timeout, |target| {
+            let marked = target.named(&mark);
+            async move {
+                let admin = Admin::connect(&marked, connect_timeout).await;
+                Ok((marked, admin))
+            }
         })
         .await;
     let (outcomes, unresolved) = match driven {
         Ok(driven) => driven,
         Err(err) => {
-            tracing::error!("SAFETY NET: {err:#}");
+            holding();
+            tracing::error!(
+                event = "safety-net",
+                action = "failed",
+                "SAFETY NET: {err:#}"
+            );
             return 0;
         }
     };
     for problem in unresolved {
-        tracing::warn!("safety net: {problem}");
+        tracing::warn!(event = "safety-net", "safety net: {problem}");
     }
-    outcomes
-        .iter()
-        .filter(|o| matches!(o.result, Ok(true)))
-        .count()
+    let mut sessions = Vec::new();
+    for outcome in outcomes {
+        let Ok((target, admin)) = outcome.result else {
+            continue;
+        };
+        if let Err(err) = &admin {
+            tracing::warn!(pgbouncer = %target.shown, event = "safety-net", "safety net cannot hold the pause's mark yet: {err:#}");
+        }
+        sessions.push((target, admin.ok()));
+    }
+    holding();
+    tracing::info!(
+        event = "safety-net",
+        action = "armed",
+        pid = std::process::id(),
+        pause_id = id,
+        remaining_ms = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis() as u64,
+        resumes,
+        "safety net holds the pause's mark{}",
+        if resumes {
+            " and will RESUME this pause if it is still on at the deadline"
+        } else {
+            " (--max-pause 0: it will not RESUME)"
+        }
+    );
+    let mut set = tokio::task::JoinSet::new();
+    for (target, admin) in sessions {
+        let id = id.to_string();
+        set.spawn(async move {
+            watch_one(
+                &target,
+                admin,
+                &id,
+                deadline,
+                resumes,
+                connect_timeout,
+                command_timeout,
+            )
+            .await
+        });
+    }
+    let mut resumed = 0;
+    while let Some(joined) = set.join_next().await {
+        resumed += usize::from(joined.unwrap_or(false));
+    }
+    resumed
 }
 
 /// True when it had to RESUME this target.
 async fn watch_one(
     target: &Target,
+    mut admin: Option<Admin>,
+    id: &str,
+    deadline: Instant,
+    resumes: bool,
     connect_timeout: Duration,
     command_timeout: Duration,
-    deadline: Instant,
 ) -> bool {
+    let pgbouncer = target.shown.as_str();
     let left = || deadline.saturating_duration_since(Instant::now());
     let max_polls = left().as_millis() / POLL.as_millis() + 2;
-    let mut admin: Option<Admin> = None;
     for _ in 0..max_polls {
         if left().is_zero() {
             break;
@@ -71,16 +138,20 @@ async fn watch_one(
         if let Some(session) = &admin {
             match tokio::time::timeout(command_timeout, session.state()).await {
                 Ok(Ok(Some(state))) if !state.paused && !state.suspended => {
-                    tracing::info!(pgbouncer = %target.shown, event = "safety-net", action = "leave", "safety net: PgBouncer was resumed; nothing to do");
+                    tracing::info!(
+                        pgbouncer,
+                        event = "safety-net",
+                        action = "leave",
+                        "safety net: PgBouncer was resumed; nothing to do"
+                    );
                     return false;
                 }
                 Ok(Ok(Some(_))) => {}
                 Ok(Ok(None)) => {
                     // PgBouncer < 1.19: no SHOW STATE, so nothing to watch; asking again
-                    // would only fill its log with errors. Wait for the deadline quietly.
-                    tracing::info!(pgbouncer = %target.shown, "safety net: this PgBouncer has no SHOW STATE (< 1.19); it will be RESUMEd at the deadline");
+                    // would only fill its log with errors. Hold the mark to the deadline.
+                    tracing::info!(pgbouncer, "safety net: this PgBouncer has no SHOW STATE (< 1.19); the mark is held to the deadline");
                     tokio::time::sleep_until(deadline).await;
-                    admin = None;
                     break;
                 }
                 _ => admin = None,
@@ -88,37 +159,101 @@ async fn watch_one(
         }
         tokio::time::sleep(POLL.min(left())).await;
     }
-    let session = match admin {
-        Some(session) => session,
-        None => match Admin::connect(target, connect_timeout).await {
-            Ok(session) => session,
-            Err(err) => {
-                tracing::error!(pgbouncer = %target.shown, "SAFETY NET: cannot reach PgBouncer to RESUME it: {err:#}");
+    if !resumes {
+        tracing::info!(
+            pgbouncer,
+            event = "safety-net",
+            action = "expired",
+            "safety net: mark released after {HOLD_LIMIT:?} (--max-pause 0: no RESUME)"
+        );
+        return false;
+    }
+    resume_at_deadline(target, admin, id, connect_timeout, command_timeout).await
+}
+
+/// The deadline's RESUME: only of this very pause, retried until SHOW STATE confirms.
+async fn resume_at_deadline(
+    target: &Target,
+    mut admin: Option<Admin>,
+    id: &str,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+) -> bool {
+    let pgbouncer = target.shown.as_str();
+    let until = Instant::now() + RESUME_RETRY;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let session = match admin.take() {
+            Some(session) => Ok(session),
+            None => Admin::connect(target, connect_timeout).await,
+        };
+        let result = match &session {
+            Ok(session) => match tokio::time::timeout(command_timeout, session.owner()).await {
+                // Another hooks' pause has begun: its own net and RESUME deal with it.
+                Ok(Ok(Owner::Hooks(ids))) if ids.iter().any(|i| i != id) => {
+                    Ok(ResumeOutcome::LeftAlone(format!(
+                        "a later hooks' pause ({}) is on",
+                        ids.join(",")
+                    )))
+                }
+                Ok(Ok(_)) => {
+                    let mut first = Some(vec![id.to_string()]);
+                    fleet::resume_owned(session, command_timeout, &mut first).await
+                }
+                Ok(Err(err)) => Err(err),
+                Err(_) => Err(anyhow::anyhow!("SHOW CLIENTS got no answer")),
+            },
+            Err(err) => Err(anyhow::anyhow!("{err:#}")),
+        };
+        match result {
+            Ok(ResumeOutcome::Resumed { .. }) => {
+                tracing::error!(
+                    pgbouncer,
+                    event = "safety-net",
+                    action = "resume",
+                    pause_id = id,
+                    "SAFETY NET: PgBouncer was still in this pause at the --max-pause deadline; RESUMED it. on-role-change never resumed it: check the new primary's Patroni log"
+                );
+                return true;
+            }
+            Ok(ResumeOutcome::NotPaused) => {
+                tracing::info!(
+                    pgbouncer,
+                    event = "safety-net",
+                    action = "leave",
+                    "safety net: PgBouncer was not paused at the deadline"
+                );
                 return false;
             }
-        },
-    };
-    match tokio::time::timeout(command_timeout, session.resume()).await {
-        Ok(Ok(pgbouncer::Answer::Done)) => {
-            tracing::error!(
-                pgbouncer = %target.shown,
-                event = "safety-net",
-                action = "resume",
-                "SAFETY NET: PgBouncer was still paused at the --max-pause deadline; RESUMED it. on-role-change never resumed it: check the new primary's Patroni log"
-            );
-            true
-        }
-        Ok(Ok(pgbouncer::Answer::AlreadyThere)) => {
-            tracing::info!(pgbouncer = %target.shown, "safety net: PgBouncer was not paused at the deadline");
-            false
-        }
-        Ok(Err(err)) => {
-            tracing::error!(pgbouncer = %target.shown, "SAFETY NET: RESUME failed: {err:#}");
-            false
-        }
-        Err(_) => {
-            tracing::error!(pgbouncer = %target.shown, "SAFETY NET: RESUME got no answer");
-            false
+            Ok(ResumeOutcome::LeftAlone(why)) => {
+                tracing::warn!(
+                    pgbouncer,
+                    event = "safety-net",
+                    action = "left-alone",
+                    pause_id = id,
+                    "safety net: not resumed at the deadline: {why}"
+                );
+                return false;
+            }
+            Err(err) if Instant::now() + backoff > until => {
+                tracing::error!(
+                    pgbouncer,
+                    event = "safety-net",
+                    action = "failed",
+                    "SAFETY NET: RESUME failed, giving up: {err:#}"
+                );
+                return false;
+            }
+            Err(err) => {
+                tracing::warn!(
+                    pgbouncer,
+                    event = "safety-net",
+                    action = "retry",
+                    "safety net: RESUME failed, trying again in {backoff:?}: {err:#}"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
         }
     }
 }

@@ -81,8 +81,9 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", env = "HOOKS_TIMEOUT", default_value = "15s", value_parser = config::parse_duration)]
     pub timeout: Duration,
 
-    /// Safety net: if PgBouncer is still paused this long after the PAUSE, a detached watcher
-    /// RESUMEs it and logs why. 0 disables it.
+    /// Safety net: if PgBouncer is still in this pause this long after the PAUSE, the detached
+    /// net that holds the pause's mark RESUMEs it and logs why. 0: the net only holds the mark
+    /// and never RESUMEs.
     #[arg(long, value_name = "DURATION", env = "HOOKS_MAX_PAUSE", default_value = "60s", value_parser = config::parse_duration)]
     pub max_pause: Duration,
 
@@ -90,6 +91,10 @@ pub struct Cli {
     /// monotonic clock).
     #[arg(long, value_name = "DURATION", hide = true, value_parser = config::parse_duration)]
     pub safety_net_for: Option<Duration>,
+
+    /// Internal: the pause id whose mark the safety net holds.
+    #[arg(long, value_name = "ID", hide = true, requires = "safety_net_for")]
+    pub pause_id: Option<String>,
 
     #[command(flatten)]
     pub pgbouncer: PgBouncerArgs,
@@ -102,7 +107,7 @@ pub struct Cli {
 pub enum Job {
     Hook(Box<Settings>),
     /// The detached safety net (started by the hook itself).
-    Net(hooks::fleet::Fleet, Duration),
+    Net(hooks::fleet::Fleet, Duration, String),
 }
 
 impl Cli {
@@ -119,7 +124,10 @@ impl Cli {
             .pgbouncer
             .fleet("pause", mode != hooks::report::Mode::DryRun)?;
         if let Some(max_pause) = self.safety_net_for {
-            return Ok(Job::Net(fleet, max_pause));
+            let id = self
+                .pause_id
+                .ok_or_else(|| config::usage("the safety net needs --pause-id"))?;
+            return Ok(Job::Net(fleet, max_pause, id));
         }
         let api = self
             .patroni_url

@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     logging::init(cli.common.log_format());
     let result = cli.job().and_then(|job| match job {
         cli::Job::Hook(settings) => before_stop::run(&settings),
-        cli::Job::Net(fleet, max_pause) => before_stop::run_net(&fleet, max_pause),
+        cli::Job::Net(fleet, max_pause, id) => before_stop::run_net(&fleet, max_pause, &id),
     });
     shared::finish("before-stop", result)
 }

@@ -6,11 +6,11 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Parser;
 
+use hooks::config;
 use hooks::conninfo::split_url_list;
 use hooks::decision::Callback;
 use hooks::on_role_change::{Process, Settings};
 use hooks::postgres::{self, Server};
-use hooks::{config, watchdog};
 
 use crate::shared::{CommonArgs, PgBouncerArgs};
 
@@ -22,9 +22,15 @@ use crate::shared::{CommonArgs, PgBouncerArgs};
 /// "nothing to do". It waits for `SELECT pg_is_in_recovery()` to be false on the local
 /// Postgres first, because Patroni calls it before promotion has finished.
 ///
-/// Exit codes: 0 resumed every reachable PgBouncer, or nothing to do; 1 Postgres never left
-/// recovery (no RESUME sent) or nothing could be resumed; 2 usage error. The admin password
-/// comes from PGBOUNCER_PASSWORD or --pgbouncer-password-file, never from a flag.
+/// It RESUMEs only a pause the hooks made (marked by before-stop, see docs/design.md "Whose
+/// pause"): a pause nobody marked, or one an operator holds with a `pph-hold` session, is left
+/// alone and logged.
+///
+/// Exit codes: 0 no PgBouncer is left in a hooks' pause (each resumed, not paused, or paused
+/// by somebody else and left alone), or nothing to do; 1 Postgres never left recovery (no
+/// RESUME sent), or a PgBouncer could not be resumed (unreachable, no answer, still paused
+/// after --resume-retry); 2 usage error. The admin password comes from PGBOUNCER_PASSWORD or
+/// --pgbouncer-password-file, never from a flag.
 #[derive(Parser, Debug)]
 #[command(name = "on-role-change", version)]
 pub struct Cli {
@@ -79,26 +85,6 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", env = "HOOKS_RESUME_RETRY", default_value = "30s", value_parser = config::parse_duration)]
     pub resume_retry: Duration,
 
-    /// Run as the watchdog beside PgBouncer (a sidecar in its pod), until SIGTERM: RESUME as
-    /// soon as --upstream (PgBouncer's own route, checked from its own network) reaches a
-    /// writable primary other than the one before the pause, and in any case once a pause
-    /// is older than --max-pause. It survives what a Patroni member's pod does not.
-    #[arg(long, env = "HOOKS_WATCH", conflicts_with_all = ["dry_run", "check"])]
-    pub watch: bool,
-
-    /// With --watch: the longest a pause may last before the watchdog RESUMEs it.
-    #[arg(long, value_name = "DURATION", env = "HOOKS_MAX_PAUSE", default_value = "60s", value_parser = config::parse_duration)]
-    pub max_pause: Duration,
-
-    /// With --watch: how often to look while PgBouncer is paused (when it is not, the route
-    /// is sampled every 5 s).
-    #[arg(long, value_name = "DURATION", env = "HOOKS_WATCH_INTERVAL", default_value = "250ms", value_parser = config::parse_duration)]
-    pub watch_interval: Duration,
-
-    /// With --watch: stop after this long [default: run until SIGTERM].
-    #[arg(long, value_name = "DURATION", env = "HOOKS_WATCH_FOR", value_parser = config::parse_duration)]
-    pub watch_for: Option<Duration>,
-
     /// Internal: this process is the detached worker.
     #[arg(long, hide = true)]
     pub detached_worker: bool,
@@ -110,14 +96,8 @@ pub struct Cli {
     pub common: CommonArgs,
 }
 
-/// What the command line asks for.
-pub enum Job {
-    Hook(Box<Settings>),
-    Watch(Box<watchdog::Settings>),
-}
-
 impl Cli {
-    pub fn job(self) -> Result<Job> {
+    pub fn settings(self) -> Result<Settings> {
         let callback = match <[String; 3]>::try_from(self.callback) {
             Ok([action, role, scope]) => Some(Callback { action, role, scope }),
             Err(args) if args.is_empty() => None,
@@ -141,18 +121,6 @@ impl Cli {
                     .map_err(|e| config::usage(format!("--upstream: {e:#}")))
             })
             .collect::<Result<Vec<_>>>()?;
-        if self.watch {
-            if self.max_pause.is_zero() {
-                return Err(config::usage("--watch needs a --max-pause above 0"));
-            }
-            return Ok(Job::Watch(Box::new(watchdog::Settings {
-                fleet,
-                upstreams,
-                max_pause: self.max_pause,
-                interval: self.watch_interval,
-                run_for: self.watch_for,
-            })));
-        }
         let local = Server::from_url_or_env(self.postgres.as_deref(), &postgres::process_env)
             .map_err(|e| config::usage(format!("{e:#}")))?;
         let process = match (self.detached_worker, self.no_detach) {
@@ -160,7 +128,7 @@ impl Cli {
             (false, true) => Process::Here,
             (false, false) => Process::Detached,
         };
-        Ok(Job::Hook(Box::new(Settings {
+        Ok(Settings {
             callback,
             local,
             upstreams,
@@ -171,6 +139,6 @@ impl Cli {
             resume_retry: self.resume_retry,
             process,
             mode,
-        })))
+        })
     }
 }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use hooks::{detach, logging, on_role_change, watchdog};
+use hooks::{detach, logging, on_role_change};
 
 fn main() -> ExitCode {
     if let Some(code) = detach::launcher_stage() {
@@ -17,9 +17,8 @@ fn main() -> ExitCode {
     }
     let cli = cli::Cli::parse();
     logging::init(cli.common.log_format());
-    let result = cli.job().and_then(|job| match job {
-        cli::Job::Hook(settings) => on_role_change::run(&settings),
-        cli::Job::Watch(settings) => watchdog::run(&settings),
-    });
+    let result = cli
+        .settings()
+        .and_then(|settings| on_role_change::run(&settings));
     shared::finish("on-role-change", result)
 }
