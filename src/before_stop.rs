@@ -123,7 +123,11 @@ async fn run_async(settings: &Settings, deadline: Instant) -> Result<u8> {
         _ => "partly paused",
     };
     done(outcome, Some(&result), pause_ms);
-    Ok(if pausing > 0 { exit::OK } else { exit::FAILURE })
+    Ok(if pausing + result.left_alone > 0 {
+        exit::OK
+    } else {
+        exit::FAILURE
+    })
 }
 
 /// Starts the safety net and waits (at most until `until`) for it to hold pause `id`'s mark,

@@ -303,7 +303,7 @@ pub async fn pause_all(
                     owner = owner.as_str(),
                     ms,
                     "PgBouncer was already paused by somebody else ({}): the hooks leave that pause alone and will not RESUME it",
-                    if owner == Owner::Held { "an operator holds it" } else { "no hooks' mark" }
+                    if matches!(owner, Owner::Held(_)) { "an operator holds it" } else { "no hooks' mark" }
                 );
                 result.left_alone += 1;
             }
@@ -372,7 +372,7 @@ pub async fn resume_all(fleet: &Fleet, retry_for: Duration) -> Result<ResumeResu
             loop {
                 let admin = Admin::connect(&target, connect_timeout).await;
                 let result = match admin {
-                    Ok(admin) => resume_owned(&admin, command_timeout, &mut first).await,
+                    Ok(admin) => resume_owned(&admin, command_timeout, &mut first, false).await,
                     Err(err) => Err(err),
                 };
                 match result {
@@ -463,16 +463,23 @@ pub fn log_resume(pgbouncer: &str, outcome: &ResumeOutcome, ms: u64) {
 
 /// On one session: if PgBouncer is in a hooks' pause, RESUME it and check. `first` is the
 /// owner seen on the first try; on a retry, a pause with none of those ids is a later one.
+/// `no_show_state`: the caller knows this PgBouncer has none (< 1.19), so it is not asked
+/// (each such question is an error line in PgBouncer's log).
 pub async fn resume_owned(
     admin: &Admin,
     command_timeout: Duration,
     first: &mut Option<Vec<String>>,
+    no_show_state: bool,
 ) -> Result<ResumeOutcome> {
     let bounded =
         |what: &'static str| move |_| anyhow!("{what} got no answer within {command_timeout:?}");
-    let state = tokio::time::timeout(command_timeout, admin.state())
-        .await
-        .map_err(bounded("SHOW STATE"))??;
+    let state = if no_show_state {
+        None
+    } else {
+        tokio::time::timeout(command_timeout, admin.state())
+            .await
+            .map_err(bounded("SHOW STATE"))??
+    };
     if matches!(
         state,
         Some(State {
@@ -486,7 +493,7 @@ pub async fn resume_owned(
         .await
         .map_err(bounded("SHOW CLIENTS"))??;
     let ids = match owner {
-        Owner::Held => {
+        Owner::Held(_) => {
             return Ok(ResumeOutcome::LeftAlone(
                 "an operator holds this pause (a pph-hold session is connected)".into(),
             ))
@@ -516,6 +523,12 @@ pub async fn resume_owned(
     let answer = tokio::time::timeout(command_timeout, admin.resume())
         .await
         .map_err(bounded("RESUME"))??;
+    if state.is_none() {
+        return Ok(ResumeOutcome::Resumed {
+            answer,
+            verified: false,
+        });
+    }
     match tokio::time::timeout(command_timeout, admin.state())
         .await
         .map_err(bounded("SHOW STATE"))??

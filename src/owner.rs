@@ -29,8 +29,9 @@ pub enum Owner {
     /// The hooks: the pause ids marked (sorted, distinct; more than one when two hooks'
     /// pauses overlap, e.g. both members stopping).
     Hooks(Vec<String>),
-    /// An operator holds it (`pph-hold`), whatever else is marked.
-    Held,
+    /// An operator holds it (`pph-hold`), whatever else is marked; the hooks' pause ids
+    /// marked under the hold, if any.
+    Held(Vec<String>),
     /// Nobody marked it: somebody else's pause.
     Other,
 }
@@ -39,16 +40,16 @@ impl Owner {
     pub fn as_str(&self) -> &'static str {
         match self {
             Owner::Hooks(_) => "hooks",
-            Owner::Held => "held",
+            Owner::Held(_) => "held",
             Owner::Other => "other",
         }
     }
 
-    /// The first pause id, when the hooks own it.
+    /// The first hooks' pause id marked (held or not).
     pub fn id(&self) -> Option<&str> {
         match self {
-            Owner::Hooks(ids) => ids.first().map(String::as_str),
-            _ => None,
+            Owner::Hooks(ids) | Owner::Held(ids) => ids.first().map(String::as_str),
+            Owner::Other => None,
         }
     }
 
@@ -78,10 +79,12 @@ impl Owner {
 /// `application_name_add_host` appends ` - host:port`, so a mark ends at the first blank.
 pub fn owner<S: AsRef<str>>(application_names: &[S]) -> Owner {
     let mut ids: Vec<String> = Vec::new();
+    let mut held = false;
     for name in application_names {
         let name = name.as_ref().trim_start();
         if name.starts_with(HOLD_MARK) {
-            return Owner::Held;
+            held = true;
+            continue;
         }
         if let Some(rest) = name.strip_prefix(PAUSE_MARK) {
             let id = rest.split_whitespace().next().unwrap_or("");
@@ -92,7 +95,9 @@ pub fn owner<S: AsRef<str>>(application_names: &[S]) -> Owner {
     }
     ids.sort();
     ids.dedup();
-    if ids.is_empty() {
+    if held {
+        Owner::Held(ids)
+    } else if ids.is_empty() {
         Owner::Other
     } else {
         Owner::Hooks(ids)
@@ -142,8 +147,11 @@ mod tests {
             ),
             // application_name_add_host appends the client's address
             (&["pph-pause/m1@1 - 10.0.0.7:41234"], hooks(&["m1@1"])),
-            (&["pph-pause/m1@1", "pph-hold"], Owner::Held),
-            (&["pph-hold cutover 2026-12-07"], Owner::Held),
+            (
+                &["pph-pause/m1@1", "pph-hold"],
+                Owner::Held(vec!["m1@1".into()]),
+            ),
+            (&["pph-hold cutover 2026-12-07"], Owner::Held(vec![])),
             // a mark with no id is no mark
             (&["pph-pause/", "pph-pausex"], Owner::Other),
         ];
@@ -152,10 +160,10 @@ mod tests {
         }
         assert!(hooks(&["a", "b"]).is_hooks("b"));
         assert!(!Owner::Other.is_hooks("b"));
-        assert!(!Owner::Held.is_hooks("b"));
+        assert!(!Owner::Held(vec!["b".into()]).is_hooks("b"));
         assert_eq!(hooks(&["a"]).without("a"), Owner::Other);
         assert_eq!(hooks(&["a", "b"]).without("a"), hooks(&["b"]));
-        assert_eq!(Owner::Held.without("a"), Owner::Held);
+        assert_eq!(Owner::Held(vec![]).without("a"), Owner::Held(vec![]));
     }
 
     #[test]

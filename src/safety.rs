@@ -126,14 +126,22 @@ async fn watch_one(
     let pgbouncer = target.shown.as_str();
     let left = || deadline.saturating_duration_since(Instant::now());
     let max_polls = left().as_millis() / POLL.as_millis() + 2;
+    let mut no_show_state = false;
     for _ in 0..max_polls {
         if left().is_zero() {
             break;
         }
         if admin.is_none() {
-            admin = Admin::connect(target, connect_timeout.min(left()))
-                .await
-                .ok();
+            match Admin::connect(target, connect_timeout.min(left())).await {
+                Ok(session) => admin = Some(session),
+                // Nothing listens there any more: that PgBouncer is gone, and its pause with
+                // it (a PgBouncer starts unpaused). A silent address is tried until the end.
+                Err(err) if format!("{err:#}").contains("refused") => {
+                    tracing::info!(pgbouncer, event = "safety-net", action = "gone", "safety net: PgBouncer refuses connections (it is not running, so not paused): {err:#}");
+                    return false;
+                }
+                Err(_) => {}
+            }
         }
         if let Some(session) = &admin {
             match tokio::time::timeout(command_timeout, session.state()).await {
@@ -151,6 +159,7 @@ async fn watch_one(
                     // PgBouncer < 1.19: no SHOW STATE, so nothing to watch; asking again
                     // would only fill its log with errors. Hold the mark to the deadline.
                     tracing::info!(pgbouncer, "safety net: this PgBouncer has no SHOW STATE (< 1.19); the mark is held to the deadline");
+                    no_show_state = true;
                     tokio::time::sleep_until(deadline).await;
                     break;
                 }
@@ -168,7 +177,15 @@ async fn watch_one(
         );
         return false;
     }
-    resume_at_deadline(target, admin, id, connect_timeout, command_timeout).await
+    resume_at_deadline(
+        target,
+        admin,
+        id,
+        no_show_state,
+        connect_timeout,
+        command_timeout,
+    )
+    .await
 }
 
 /// The deadline's RESUME: only of this very pause, retried until SHOW STATE confirms.
@@ -176,6 +193,7 @@ async fn resume_at_deadline(
     target: &Target,
     mut admin: Option<Admin>,
     id: &str,
+    no_show_state: bool,
     connect_timeout: Duration,
     command_timeout: Duration,
 ) -> bool {
@@ -198,7 +216,7 @@ async fn resume_at_deadline(
                 }
                 Ok(Ok(_)) => {
                     let mut first = Some(vec![id.to_string()]);
-                    fleet::resume_owned(session, command_timeout, &mut first).await
+                    fleet::resume_owned(session, command_timeout, &mut first, no_show_state).await
                 }
                 Ok(Err(err)) => Err(err),
                 Err(_) => Err(anyhow::anyhow!("SHOW CLIENTS got no answer")),

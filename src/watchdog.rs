@@ -166,8 +166,14 @@ pub fn judge(memory: &mut Memory, look: &Look, now: Instant, max_pause: Duration
     // A hold may come and go over a hooks' pause (and a hooks' pause that began under a
     // hold is the hooks' once the hold ends); somebody else's pause stays theirs.
     match (&pause.owner, &owner) {
-        (_, Owner::Held) => return Verdict::Wait,
-        (Owner::Held, Owner::Hooks(_)) => pause.owner = owner.clone(),
+        // Under a hold, remember the hooks' ids marked (the relay keeps them marked).
+        (Owner::Held(_) | Owner::Hooks(_), Owner::Held(ids)) => {
+            if !ids.is_empty() {
+                pause.owner = Owner::Held(ids.clone());
+            }
+            return Verdict::Wait;
+        }
+        (Owner::Held(_), Owner::Hooks(_)) => pause.owner = owner.clone(),
         (Owner::Hooks(_), _) => {}
         _ => return Verdict::Wait,
     }
@@ -546,7 +552,7 @@ async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
 async fn hold_relay(w: &mut Watched, step: Duration) {
     let want = match &w.memory.pause {
         Some(Pause {
-            owner: Owner::Hooks(ids),
+            owner: Owner::Hooks(ids) | Owner::Held(ids),
             ..
         }) if !w.no_show_state => ids.first().cloned(),
         _ => None,
@@ -587,7 +593,13 @@ async fn resume(
     let outcome = match &session {
         Ok(admin) => {
             let mut first = Some(ids.clone());
-            fleet::resume_owned(admin, settings.fleet.command_timeout, &mut first).await
+            fleet::resume_owned(
+                admin,
+                settings.fleet.command_timeout,
+                &mut first,
+                w.no_show_state,
+            )
+            .await
         }
         Err(err) => Err(anyhow!("{err:#}")),
     };
@@ -691,7 +703,7 @@ fn note_changes(
                 action = "pause-seen",
                 owner,
                 "PgBouncer is paused by somebody else ({}): the watchdog leaves this pause alone",
-                if p.owner == Owner::Held { "an operator holds it" } else { "no hooks' mark" }
+                if matches!(p.owner, Owner::Held(_)) { "an operator holds it" } else { "no hooks' mark" }
             )
             }
             _ => tracing::info!(

@@ -43,6 +43,49 @@ fn run(cmd: Command) -> (Output, String) {
     (out, stderr)
 }
 
+/// Runs a hook that may leave a detached process behind (before-stop's safety net inherits
+/// its stderr): stderr goes to a file, and only the hook itself is waited for.
+fn run_leaving(mut cmd: Command) -> (Output, String) {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let path = std::env::temp_dir().join(format!("pph-hook-{}-{n}.log", std::process::id()));
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&path).unwrap());
+    let mut child = cmd.spawn().unwrap();
+    let status = common::reap(&mut child, HOOK_TIMEOUT).expect("the hook's exit status");
+    let mut stdout = Vec::new();
+    if let Some(mut pipe) = child.stdout.take() {
+        use std::io::Read;
+        let _ = pipe.read_to_end(&mut stdout);
+    }
+    let stderr = read(&path);
+    let _ = std::fs::remove_file(&path);
+    (
+        Output {
+            status,
+            stdout,
+            stderr: stderr.clone().into_bytes(),
+        },
+        stderr,
+    )
+}
+
+/// A hooks' pause as before-stop makes it: PAUSE sent on an admin session marked
+/// `pph-pause/<id>`, which stays open (holding the mark) until the returned session drops.
+fn hooks_pause(pgb: &PgBouncer, id: &str) -> common::session::Session {
+    let session = common::session::Session::open(
+        &pgb.admin_url(),
+        PgBouncer::ADMIN_PASSWORD,
+        &format!("pph-pause/{id}"),
+    )
+    .expect("a marked admin session");
+    session
+        .run("PAUSE", Duration::from_secs(10))
+        .expect("PAUSE on the marked session");
+    session
+}
+
 fn before_stop(
     view: &std::path::Path,
     pgbouncers: &[&PgBouncer],
@@ -64,7 +107,7 @@ fn before_stop(
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run(hook("before-stop", &args, PgBouncer::ADMIN_PASSWORD))
+    run_leaving(hook("before-stop", &args, PgBouncer::ADMIN_PASSWORD))
 }
 
 fn on_role_change(pg: &Postgres, pgbouncers: &[&PgBouncer], extra: &[&str]) -> Command {
@@ -149,8 +192,13 @@ fn pause_and_resume_are_idempotent() {
     assert_ok(&out, &stderr);
     let (out, stderr) = before_stop(&view, &[&pgb], &[]);
     assert_ok(&out, &stderr);
-    assert_eq!(results(&stderr, "PAUSE"), ["already paused"], "{stderr}");
-    for expected in ["resumed", "was not paused"] {
+    // The first one's net holds the pause's mark: the second joins the hooks' pause.
+    assert_eq!(
+        results(&stderr, "PAUSE"),
+        ["already in a hooks' pause"],
+        "{stderr}"
+    );
+    for expected in ["resumed", "not paused"] {
         let (out, stderr) = run(on_role_change(&pg, &[&pgb], &[]));
         assert_ok(&out, &stderr);
         assert_eq!(results(&stderr, "RESUME"), [expected], "{stderr}");
@@ -300,7 +348,7 @@ fn on_role_change_waits_for_promotion_before_resuming() {
     let primary = Postgres::start_primary();
     let standby = Postgres::start_standby(&primary);
     let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", standby.port);
-    pgb.admin("PAUSE").unwrap();
+    let _mark = hooks_pause(&pgb, "test@1");
 
     let mut cmd = on_role_change(&standby, &[&pgb], &["on_role_change", "primary", "demo"]);
     cmd.stdout(std::process::Stdio::null())
@@ -332,7 +380,7 @@ fn a_standby_that_never_promotes_gets_no_resume() {
     let primary = Postgres::start_primary();
     let standby = Postgres::start_standby(&primary);
     let pgb = PgBouncer::start(PgBouncerBuild::Debian, "127.0.0.1", primary.port);
-    pgb.admin("PAUSE").unwrap();
+    let _mark = hooks_pause(&pgb, "test@1");
     let (out, stderr) = run(on_role_change(
         &standby,
         &[&pgb],
@@ -357,7 +405,7 @@ fn standby_leader_resumes_without_waiting_and_replica_does_nothing() {
     let primary = Postgres::start_primary();
     let standby = Postgres::start_standby(&primary);
     let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", primary.port);
-    pgb.admin("PAUSE").unwrap();
+    let _mark = hooks_pause(&pgb, "test@1");
     let (out, stderr) = run(on_role_change(
         &standby,
         &[&pgb],
@@ -487,7 +535,7 @@ fn a_callback_killed_mid_wait_still_resumes() {
     let primary = Postgres::start_primary();
     let standby = Postgres::start_standby(&primary);
     let pgb = PgBouncer::start(PgBouncerBuild::Debian, "127.0.0.1", standby.port);
-    pgb.admin("PAUSE").unwrap();
+    let _mark = hooks_pause(&pgb, "test@1");
     let log = pgb.dir.join("on-role-change.log");
     let mut cmd = on_role_change(&standby, &[&pgb], &["on_role_change", "master", "demo"]);
     cmd.process_group(0);
@@ -751,7 +799,7 @@ fn without_fork_the_callback_resumes_in_its_own_process() {
     // PgBouncer, a limit of 1 makes every fork of the hook fail, as a pids limit would.
     let pg = Postgres::start_primary();
     let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
-    pgb.admin("PAUSE").unwrap();
+    let _mark = hooks_pause(&pgb, "test@1");
     let mut cmd = common::client("setpriv");
     cmd.args([
         "--reuid=postgres",
@@ -779,7 +827,7 @@ fn a_stale_route_resumes_only_if_this_member_is_still_primary() {
     // Another cluster altogether: the route never reaches `local`.
     let elsewhere = Postgres::start_primary();
     let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", local.port);
-    pgb.admin("PAUSE").unwrap();
+    let _mark = hooks_pause(&pgb, "test@1");
     let cmd = on_role_change(
         &local,
         &[&pgb],
@@ -944,20 +992,17 @@ impl SwitchProxy {
 }
 
 fn watchdog(pgb: &PgBouncer, extra: &[&str], log: &std::path::Path) -> std::process::Child {
-    let mut args = vec![
-        "--watch",
-        "--watch-interval",
-        "100ms",
-        "--watch-for",
-        "60s",
-        "--log-format",
-        "json",
-    ];
+    let mut args = vec!["--log-format", "json"];
+    for (flag, default) in [("--interval", "100ms"), ("--run-for", "60s")] {
+        if !extra.contains(&flag) {
+            args.extend([flag, default]);
+        }
+    }
     args.extend_from_slice(extra);
     let url = pgb.admin_url();
     args.extend(["--pgbouncer", &url]);
     spawn_logged(
-        hook("on-role-change", &args, PgBouncer::ADMIN_PASSWORD),
+        hook("pgbouncer-watchdog", &args, PgBouncer::ADMIN_PASSWORD),
         log,
     )
 }
@@ -980,7 +1025,7 @@ fn the_watchdog_resumes_once_the_route_reaches_a_new_primary_not_before() {
     let mut dog = watchdog(&pgb, &["--upstream", &upstream, "--max-pause", "30s"], &log);
     std::thread::sleep(Duration::from_millis(500));
     // The outgoing primary drains and stops: the route still leads to it, then to nothing.
-    pgb.admin("PAUSE").unwrap();
+    let _mark = hooks_pause(&pgb, "test@1");
     std::thread::sleep(Duration::from_millis(800));
     assert!(
         pgb.is_paused(),
@@ -1030,7 +1075,7 @@ fn the_watchdog_ends_any_pause_at_max_pause_and_the_next_one_again() {
     let log = pgb.dir.join("watchdog.log");
     let mut dog = watchdog(&pgb, &["--max-pause", "2s"], &log);
     for round in 1..=2 {
-        pgb.admin("PAUSE").unwrap();
+        let _mark = hooks_pause(&pgb, "test@1");
         let paused = Instant::now();
         common::wait_until(
             "the watchdog's RESUME",
@@ -1058,7 +1103,7 @@ fn the_watchdog_ends_any_pause_at_max_pause_and_the_next_one_again() {
 fn a_resume_that_cannot_reach_pgbouncer_at_first_is_tried_again() {
     let pg = Postgres::start_primary();
     let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
-    pgb.admin("PAUSE").unwrap();
+    let _mark = hooks_pause(&pgb, "test@1");
     // The admin console's address refuses connections for the first second.
     let port = common::free_port();
     let url = format!(
@@ -1104,12 +1149,11 @@ fn the_watchdog_keeps_its_sessions_instead_of_logging_in_every_look() {
     let admin_before = logins(&pgb.log(), "pgbouncer");
     let log = pgb.dir.join("watchdog-quiet.log");
     let mut cmd = hook(
-        "on-role-change",
+        "pgbouncer-watchdog",
         &[
-            "--watch",
-            "--watch-interval",
+            "--interval",
             "50ms",
-            "--watch-for",
+            "--run-for",
             "2s",
             "--pgbouncer",
             &pgb.admin_url(),
@@ -1130,4 +1174,327 @@ fn the_watchdog_keeps_its_sessions_instead_of_logging_in_every_look() {
     // About 40 looks in 2 s, and one admin login (it was one a look).
     let admin = logins(&pgb.log(), "pgbouncer") - admin_before;
     assert!(admin <= 2, "{admin} admin logins in 2 s:\n{}", pgb.log());
+}
+
+// ------------------------------------------------------------------ whose pause (issue 15)
+
+/// `GET path` from the watchdog's --listen address: (status code, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("the watchdog listens");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (code, body)
+}
+
+/// Waits (bounded) for the watchdog's log to hold an event `action` matching `also`.
+fn wait_event(
+    log: &std::path::Path,
+    action: &str,
+    also: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    common::wait_until(
+        &format!("the watchdog's {action} event"),
+        Duration::from_secs(15),
+        Duration::from_millis(20),
+        || {
+            events(&read(log))
+                .into_iter()
+                .find(|e| e["event"] == "watchdog" && e["action"] == action && also(e))
+        },
+    )
+}
+
+#[test]
+fn a_dba_s_pause_survives_the_hooks_their_net_and_the_watchdog() {
+    let pg = Postgres::start_primary();
+    let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let log = pgb.dir.join("watchdog.log");
+    let mut dog = watchdog(
+        &pgb,
+        &[
+            "--upstream",
+            &pg.url(),
+            "--max-pause",
+            "1s",
+            "--listen",
+            &listen,
+        ],
+        &log,
+    );
+    // A DBA freezes PgBouncer for a cutover (psql, no mark).
+    pgb.admin("PAUSE").unwrap();
+    wait_event(&log, "pause-seen", |e| e["owner"] == "other");
+    // A switchover now: before-stop leaves the pause alone and arms no net for it ...
+    let view = leader_view(&pgb.dir, "m1");
+    let (out, stderr) = before_stop(&view, &[&pgb], &["--max-pause", "1s"]);
+    assert_ok(&out, &stderr);
+    assert_eq!(results(&stderr, "PAUSE"), ["left alone"], "{stderr}");
+    assert_eq!(summary(&stderr)["left_alone"], 1, "{stderr}");
+    assert!(!has_event(&stderr, "safety-net", "armed"), "{stderr}");
+    // ... and on-role-change on the new primary does not RESUME it.
+    let (out, stderr) = run(on_role_change(
+        &pg,
+        &[&pgb],
+        &["--no-detach", "on_role_change", "primary", "demo"],
+    ));
+    assert_ok(&out, &stderr);
+    assert_eq!(results(&stderr, "RESUME"), ["left alone"], "{stderr}");
+    assert_eq!(summary(&stderr)["left_alone"], 1, "{stderr}");
+    // Twice --max-pause later (and with the route reaching the primary all along): still
+    // paused, nobody resumed it. Waiting for an absence takes the time it names.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(pgb.is_paused(), "the DBA's pause was ended: {}", read(&log));
+    assert!(watchdog_resumes(&log).is_empty(), "{}", read(&log));
+    // Seen, not silent: the status says whose pause it is and who ends it.
+    let (code, status) = http_get(port, "/status");
+    assert_eq!(code, 200, "{status}");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["pgbouncers"][0]["paused"], true, "{status}");
+    assert_eq!(status["pgbouncers"][0]["owner"], "other", "{status}");
+    assert!(
+        status["pgbouncers"][0]["ended_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("not the hooks"),
+        "{status}"
+    );
+    let (code, metrics) = http_get(port, "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("pph_watchdog_paused{")
+                && l.contains("owner=\"other\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pph_watchdog_pauses_total{owner=\"other\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(http_get(port, "/readyz").0, 200, "{}", read(&log));
+    // The DBA ends it.
+    pgb.admin("RESUME").unwrap();
+    wait_event(&log, "pause-ended", |e| e["owner"] == "other");
+    common::signal(dog.id(), "TERM");
+    let _ = dog.wait();
+}
+
+#[test]
+fn an_operator_s_hold_keeps_a_hooks_pause_until_the_hold_ends() {
+    let pg = Postgres::start_primary();
+    let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
+    let log = pgb.dir.join("watchdog.log");
+    let mut dog = watchdog(&pgb, &["--max-pause", "1s"], &log);
+    let hold = common::session::Session::open(
+        &pgb.admin_url(),
+        PgBouncer::ADMIN_PASSWORD,
+        "pph-hold maintenance",
+    )
+    .unwrap();
+    let net_log = pgb.dir.join("before-stop.log");
+    let status = before_stop_with_net(&pgb, &pgb.admin_url(), "1s", &[], &net_log);
+    assert!(status.success(), "{}", read(&net_log));
+    assert!(pgb.is_paused());
+    let (out, stderr) = run(on_role_change(
+        &pg,
+        &[&pgb],
+        &["--no-detach", "on_role_change", "primary", "demo"],
+    ));
+    assert_ok(&out, &stderr);
+    assert_eq!(results(&stderr, "RESUME"), ["left alone"], "{stderr}");
+    // The net's deadline passes: it leaves the held pause alone.
+    common::wait_until(
+        "the net's deadline",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || has_event(&read(&net_log), "safety-net", "left-alone").then_some(()),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(pgb.is_paused(), "a held pause was ended: {}", read(&log));
+    assert!(watchdog_resumes(&log).is_empty(), "{}", read(&log));
+    // The hold ends: the hooks' pause, long past --max-pause, ends within a look or two.
+    let released = Instant::now();
+    drop(hold);
+    common::wait_until(
+        "the watchdog's RESUME",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || (!pgb.is_paused()).then_some(()),
+    );
+    assert!(
+        released.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        released.elapsed()
+    );
+    assert_eq!(
+        watchdog_resumes(&log)[0]["reason"],
+        "max-pause",
+        "{}",
+        read(&log)
+    );
+    common::signal(dog.id(), "TERM");
+    let _ = dog.wait();
+}
+
+/// The documented bound: a hooks' pause whose every other process died ends within
+/// --max-pause + --interval + --look-timeout (README, "The guarantee"). Measured over runs.
+#[test]
+fn an_orphaned_hooks_pause_ends_within_the_documented_bound() {
+    let pg = Postgres::start_primary();
+    let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
+    let log = pgb.dir.join("watchdog.log");
+    let (max_pause, interval, look) = (2000, 250, 1000);
+    let mut dog = watchdog(
+        &pgb,
+        &[
+            "--max-pause",
+            "2s",
+            "--interval",
+            "250ms",
+            "--look-timeout",
+            "1s",
+        ],
+        &log,
+    );
+    let mut longest = Duration::ZERO;
+    for run in 1..=3 {
+        let id = format!("orphan@{run}");
+        let paused_at = Instant::now();
+        let mark = hooks_pause(&pgb, &id);
+        // The watchdog has seen the mark and holds it itself; then every other process dies.
+        wait_event(&log, "relay", |e| e["pause_id"] == id.as_str());
+        drop(mark);
+        common::wait_until(
+            "the watchdog's RESUME",
+            Duration::from_secs(15),
+            Duration::from_millis(10),
+            || (!pgb.is_paused()).then_some(()),
+        );
+        let took = paused_at.elapsed();
+        longest = longest.max(took);
+        let resumes = watchdog_resumes(&log);
+        assert_eq!(resumes.len(), run, "{}", read(&log));
+        assert_eq!(resumes[run - 1]["reason"], "max-pause", "{}", read(&log));
+    }
+    let bound = Duration::from_millis(max_pause + interval + look);
+    eprintln!("BOUND: longest orphaned pause {longest:?} over 3 runs (bound {bound:?})");
+    assert!(longest <= bound, "{longest:?} > {bound:?}\n{}", read(&log));
+    common::signal(dog.id(), "TERM");
+    let _ = dog.wait();
+}
+
+#[test]
+fn the_watchdog_says_what_it_cannot_see_once_and_its_probes_fail() {
+    let pg = Postgres::start_primary();
+    let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let log = pgb.dir.join("watchdog-wrong.log");
+    let mut cmd = hook(
+        "pgbouncer-watchdog",
+        &[
+            "--interval",
+            "50ms",
+            "--run-for",
+            "30s",
+            "--listen",
+            &listen,
+            "--pgbouncer",
+            &pgb.admin_url(),
+        ],
+        "not-the-password",
+    );
+    cmd.env("HOOKS_LOG_FORMAT", "json");
+    let mut dog = spawn_logged(cmd, &log);
+    // Many failed looks, one line when the failure starts.
+    common::wait_until(
+        "ten failed looks",
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+        || {
+            let (_, metrics) = http_get(port, "/metrics");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("pph_watchdog_look_errors_total{kind=\"admin\"} "))
+                .and_then(|n| n.parse::<f64>().ok())
+                .filter(|n| *n >= 10.0)
+        },
+    );
+    let failing: Vec<_> = events(&read(&log))
+        .into_iter()
+        .filter(|e| e["event"] == "watchdog" && e["action"] == "failing")
+        .collect();
+    assert_eq!(failing.len(), 1, "{}", read(&log));
+    assert_eq!(failing[0]["kind"], "admin", "{}", read(&log));
+    let (code, why) = http_get(port, "/readyz");
+    assert_eq!(code, 503, "{why}");
+    assert!(why.starts_with("admin:"), "{why}");
+    assert_eq!(http_get(port, "/healthz").0, 200);
+    common::signal(dog.id(), "TERM");
+    let _ = dog.wait();
+    // --check says the same, in one line, exit 1; with the right password, exit 0.
+    let check = |password: &str| {
+        run(hook(
+            "pgbouncer-watchdog",
+            &[
+                "--check",
+                "--pgbouncer",
+                &pgb.admin_url(),
+                "--upstream",
+                &pg.url(),
+            ],
+            password,
+        ))
+    };
+    let (out, stderr) = check("not-the-password");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors: Vec<_> = events(&stderr)
+        .into_iter()
+        .filter(|e| e["level"] == "ERROR")
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert_eq!(errors[0]["kind"], "admin", "{stderr}");
+    assert_eq!(summary(&stderr)["outcome"], "not ready", "{stderr}");
+    let (out, stderr) = check(PgBouncer::ADMIN_PASSWORD);
+    assert_ok(&out, &stderr);
+    assert_eq!(summary(&stderr)["outcome"], "ready", "{stderr}");
+}
+
+#[test]
+fn the_watchdog_asks_pgbouncer_1_18_for_show_state_once() {
+    let pg = Postgres::start_primary();
+    let pgb = PgBouncer::start(PgBouncerBuild::Debian, "127.0.0.1", pg.port);
+    let log = pgb.dir.join("watchdog-118.log");
+    let mut dog = watchdog(&pgb, &["--interval", "50ms", "--run-for", "2s"], &log);
+    let status = common::wait_until(
+        "the watchdog to stop",
+        HOOK_TIMEOUT,
+        Duration::from_millis(50),
+        || dog.try_wait().unwrap(),
+    );
+    assert!(status.success(), "{}", read(&log));
+    let errors = pgb
+        .log()
+        .lines()
+        .filter(|l| l.contains("ERROR invalid command 'SHOW STATE'"))
+        .count();
+    assert_eq!(errors, 1, "{}", pgb.log());
 }

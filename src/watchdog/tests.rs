@@ -109,7 +109,12 @@ async fn somebody_elses_pause_is_never_ended_and_a_hold_stops_the_clock() {
         MAX,
     );
     for s in [5, 61, 500] {
-        let l = look(paused(true), Some(Owner::Held), id("B"), id("A"));
+        let l = look(
+            paused(true),
+            Some(Owner::Held(vec!["m1@1".into()])),
+            id("B"),
+            id("A"),
+        );
         assert_eq!(judge(&mut m, &l, at(s), MAX), Verdict::Wait, "held at {s}");
     }
     // The hold ends: the hooks' rules apply again (a new primary, long past max-pause).
@@ -118,8 +123,9 @@ async fn somebody_elses_pause_is_never_ended_and_a_hold_stops_the_clock() {
 
     // A hooks' pause that began under a hold is the hooks' once the hold ends.
     let mut m = Memory::default();
-    let l = look(paused(true), Some(Owner::Held), id("A"), id("A"));
-    assert_eq!(judge(&mut m, &l, at(0), MAX), Verdict::NotOurs(Owner::Held));
+    let held = Owner::Held(vec!["m1@1".into()]);
+    let l = look(paused(true), Some(held.clone()), id("A"), id("A"));
+    assert_eq!(judge(&mut m, &l, at(0), MAX), Verdict::NotOurs(held));
     let l = look(paused(true), hooks(&["m1@1"]), id("A"), id("A"));
     assert_eq!(judge(&mut m, &l, at(61), MAX), Verdict::TooLong);
 }

@@ -220,7 +220,11 @@ fn newest_source() -> std::time::SystemTime {
 /// 3. else the newest of target/x86_64-unknown-linux-musl/release and target/release,
 ///    refused if older than the sources (run `cargo build --release` first).
 pub fn hooks_dir() -> Res<PathBuf> {
-    let has = |d: &Path| d.join("before-stop").is_file() && d.join("on-role-change").is_file();
+    let has = |d: &Path| {
+        ["before-stop", "on-role-change", "pgbouncer-watchdog"]
+            .iter()
+            .all(|b| d.join(b).is_file())
+    };
     let mut cands = vec![];
     if let Ok(d) = std::env::var("PPH_HOOKS_DIR") {
         let d = PathBuf::from(d);
@@ -1472,7 +1476,7 @@ impl Cluster {
     /// passwords travel in the environment.
     fn start_watchdog(&mut self, i: usize, max_pause: Duration) -> Res<()> {
         let b = &self.bouncers[i];
-        let mut cmd = Command::new(self.tools.hooks_dir.join("on-role-change"));
+        let mut cmd = Command::new(self.tools.hooks_dir.join("pgbouncer-watchdog"));
         cmd.args(watchdog_args(
             &b.admin_url(),
             &format!(
@@ -1499,10 +1503,11 @@ impl Cluster {
     }
 }
 
-/// The watchdog's command line (the lead's `on-role-change --watch`). One place to adjust.
+/// The watchdog's command line (`pgbouncer-watchdog`). One place to adjust.
 pub fn watchdog_args(admin_url: &str, upstream: &str, max_pause: Duration) -> Vec<String> {
     vec![
-        "--watch".into(),
+        "--log-format".into(),
+        "json".into(),
         "--pgbouncer".into(),
         admin_url.into(),
         "--upstream".into(),
@@ -1512,15 +1517,9 @@ pub fn watchdog_args(admin_url: &str, upstream: &str, max_pause: Duration) -> Ve
     ]
 }
 
-/// Does this build of on-role-change have the watchdog mode (`--watch` in its --help)?
+/// Does this build have the watchdog (`pgbouncer-watchdog`)?
 pub fn watchdog_available() -> bool {
-    let Ok(dir) = hooks_dir() else { return false };
-    run(
-        Command::new(dir.join("on-role-change")).arg("--help"),
-        Duration::from_secs(10),
-    )
-    .map(|(_, out, _)| out.contains("--watch"))
-    .unwrap_or(false)
+    hooks_dir().is_ok_and(|dir| dir.join("pgbouncer-watchdog").is_file())
 }
 
 /// A postmaster runs on this data directory (postmaster.pid names a live process whose
