@@ -14,6 +14,7 @@ pub mod detach;
 pub mod exit;
 pub mod fleet;
 pub mod logging;
+pub mod names;
 pub mod on_role_change;
 pub mod owner;
 pub mod patroni_api;

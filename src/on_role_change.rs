@@ -104,12 +104,16 @@ async fn run_async(settings: &Settings) -> Result<u8> {
     if settings.process == Process::Detached {
         match detach::spawn_awaitable(&[WORKER_FLAG.into()]) {
             Ok(worker) => return wait_for_worker(settings, worker).await,
-            // No fork (pids limit, memory): the RESUME must still happen, so do the work here.
-            Err(err) => tracing::warn!(
-                event = "worker",
-                action = "in-process",
-                "cannot start the detached worker ({err:#}); waiting and resuming in this process"
-            ),
+            // No fork (pids limit, memory): the RESUME must still happen, so do the work here,
+            // and without threads (the same limit refuses them): names are looked up in place.
+            Err(err) => {
+                crate::names::look_up_in_place();
+                tracing::warn!(
+                    event = "worker",
+                    action = "in-process",
+                    "cannot start the detached worker ({err:#}); waiting and resuming in this process"
+                )
+            }
         }
     }
 

@@ -5,7 +5,6 @@
 //! apart by message text. Dropping a connection while PAUSE drains leaves PgBouncer pausing
 //! (that is what `before-stop` wants when its bound runs out); a CancelRequest on it resumes.
 
-use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -80,26 +79,9 @@ impl Url {
             let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
             match host {
                 Host::Tcp(name) => {
-                    let addresses: Vec<IpAddr> = match name.parse::<IpAddr>() {
-                        Ok(ip) => vec![ip],
-                        Err(_) => {
-                            let found = tokio::time::timeout(
-                                timeout,
-                                tokio::net::lookup_host((name.as_str(), port)),
-                            )
-                            .await
-                            .map_err(|_| anyhow!("resolving {name} took longer than {timeout:?}"))?
-                            .with_context(|| {
-                                format!(
-                                    "cannot resolve PgBouncer host {name:?} (check --pgbouncer)"
-                                )
-                            })?;
-                            let mut ips: Vec<IpAddr> = found.map(|a| a.ip()).collect();
-                            ips.sort();
-                            ips.dedup();
-                            ips
-                        }
-                    };
+                    let addresses = crate::names::lookup(name, port, timeout)
+                        .await
+                        .context("cannot resolve PgBouncer host (check --pgbouncer)")?;
                     for ip in addresses {
                         let mut config = self.base(password);
                         config.host(ip.to_string()).port(port);

@@ -117,8 +117,9 @@ impl Server {
     }
 
     pub async fn connect(&self, timeout: Duration) -> Result<Client> {
+        let config = crate::names::pinned(&self.config, timeout).await?;
         let attempt = async {
-            let mut config = self.config.clone();
+            let mut config = config;
             config.connect_timeout(timeout);
             config.connect(NoTls).await
         };

@@ -809,7 +809,15 @@ fn without_fork_the_callback_resumes_in_its_own_process() {
     ])
     .args(["prlimit", "--nproc=1:1", "--"])
     .arg(common::bin("on-role-change"))
-    .args(["--postgres", &pg.url(), "--pgbouncer", &pgb.admin_url()])
+    // Host names, not literals: a name lookup is where a thread would be needed.
+    .args([
+        "--postgres",
+        &pg.url().replace("127.0.0.1", "localhost"),
+        "--pgbouncer",
+        &pgb.admin_url().replace("127.0.0.1", "localhost"),
+        "--upstream",
+        &pg.url().replace("127.0.0.1", "localhost"),
+    ])
     .args(["--log-format", "json", "on_role_change", "primary", "demo"])
     .env("PGBOUNCER_PASSWORD", PgBouncer::ADMIN_PASSWORD)
     .current_dir("/");
