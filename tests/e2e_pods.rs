@@ -14,7 +14,10 @@
 //!   p4 the primary's pod deleted under load (case C): SIGTERM to its init, grace, SIGKILL,
 //!      then the StatefulSet's fresh pod.
 //!
-//! Variants "with watchdog" need `on-role-change --watch` (see `watchdog_ready`).
+//!   p6 two switchovers back to back, watchdog on (issue 15): each pause judged against
+//!      the primary that drains it.
+//!
+//! Variants "with watchdog" run `pgbouncer-watchdog` beside PgBouncer (see `watchdog_ready`).
 //! Each scenario prints one `RESULT key=value ...` line (also written to target/e2e/).
 
 use pph_support::cluster;
@@ -319,10 +322,7 @@ fn hook_summaries(c: &Cluster, since: i64) -> Vec<(String, String)> {
                 let out = f["outcome"].as_str().unwrap_or("?").replace(' ', "_");
                 *n.entry(format!("{hook}_{out}")).or_default() += 1;
             }
-            if f["message"]
-                .as_str()
-                .is_some_and(|s| s.starts_with("safety net armed"))
-            {
+            if f["event"] == "safety-net" && f["action"] == "armed" {
                 *n.entry("nets_armed".into()).or_default() += 1;
             }
         }
@@ -347,8 +347,7 @@ fn pod_opts(label: &str, p: u8, watchdog: bool) -> Opts {
 fn watchdog_ready() {
     assert!(
         cluster::watchdog_available(),
-        "on-role-change has no --watch mode in {:?}: build the hooks with the watchdog \
-         (cargo build --release), or adjust cluster::watchdog_args to its flags",
+        "no pgbouncer-watchdog in {:?}: build the hooks (cargo build --release)",
         cluster::hooks_dir()
     );
 }
@@ -659,6 +658,63 @@ fn p5_kill_while_draining(p: u8, watchdog: bool) {
     }
 }
 
+/// p6 (issue 15): two switchovers back to back, watchdog on: m1→m2, and as soon as PgBouncer
+/// is resumed and m1 runs as a replica again, m2→m1. The second pause begins while the
+/// watchdog's last view of the primary is still fresh from the first: it must be judged
+/// against the primary that drains now (m2), so nothing RESUMEs while m2 drains.
+fn p6_back_to_back(p: u8) {
+    let (o, _c) = scenario(
+        pod_opts("p6-back-to-back-watchdog", p, true),
+        30,
+        Duration::from_secs(3),
+        |c, facts| {
+            leader_is(c, "m1")?;
+            let t0 = now_us();
+            c.switchover("m1", "m2")?;
+            new_leader(c, "m2")?;
+            let resumed = wait_for(
+                "the first RESUME",
+                Duration::from_secs(30),
+                Duration::from_millis(20),
+                || {
+                    c.bouncers[0]
+                        .admin_events()
+                        .into_iter()
+                        .find(|e| e.1 == "RESUME" && e.0 >= t0)
+                        .map(|e| e.0)
+                },
+            )?;
+            wait_for(
+                "m1 running as a replica",
+                Duration::from_secs(60),
+                Duration::from_millis(50),
+                || {
+                    let v = c.cluster_json()?;
+                    v["members"].as_array()?.iter().find(|m| {
+                        m["name"] == "m1"
+                            && m["role"] != "leader"
+                            && (m["state"] == "streaming" || m["state"] == "running")
+                    })?;
+                    Some(())
+                },
+            )?;
+            let t1 = now_us();
+            c.switchover("m2", "m1")?;
+            new_leader(c, "m1")?;
+            let second = first_pause_after(c, t1).ok_or("no second PAUSE")?;
+            facts.insert(
+                "second_pause_after_first_resume_ms".into(),
+                format!("{:.0}", ms(second - resumed)),
+            );
+            Ok(second + 10_000_000)
+        },
+    );
+    let s = o.summary();
+    o.assert_clean(WATCHDOG_MAX_PAUSE);
+    assert_eq!(o.spans.len(), 2, "two pauses: {s}");
+    assert_eq!(o.fact("orc_resumed"), Some("2"), "{s}");
+}
+
 macro_rules! per_patroni {
     ($($(#[$m:meta])* $name:ident => $body:expr),* $(,)?) => {
         mod patroni3 { $( $(#[$m])* #[test] fn $name() { if pph_support::cluster::wants(3) { let _g = super::serial(); let f: fn(u8) = $body; f(3) } } )* }
@@ -673,6 +729,7 @@ per_patroni! {
     p2_late_hooks_watchdog => |p| { super::watchdog_ready(); super::p2_late_hooks(p, true) },
     p3_resume_fails_watchdog => |p| { super::watchdog_ready(); super::p3_resume_fails(p, true) },
     p5_kill_while_draining_watchdog => |p| { super::watchdog_ready(); super::p5_kill_while_draining(p, true) },
+    p6_back_to_back_watchdog => |p| { super::watchdog_ready(); super::p6_back_to_back(p) },
 }
 
 /// The proofs of issue 11's cases without a watchdog: what the hooks alone leave behind
