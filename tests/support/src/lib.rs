@@ -20,11 +20,13 @@
 //!
 //! Environment overrides, all `PPH_*`: `PPH_PG_BIN` (default `/usr/lib/postgresql/15/bin`),
 //! `PPH_PGBOUNCER_DEBIAN` (default `/usr/sbin/pgbouncer`), `PPH_PGBOUNCER_TRIXIE` (default
-//! `/opt/pgbouncer-trixie/bin/pgbouncer`), `PPH_TEST_ROOT`; for the cluster (docs/e2e.md):
-//! `PPH_PATRONI` (3, 4 or both), `PPH_KEEP`, `PPH_HOOKS_DIR`, `PPH_E2E_TMP`, `PPH_OUT`,
-//! `PPH_PGBENCH_SECS` and the benchmark's `PPH_BENCH_*`.
+//! `/opt/pgbouncer-trixie/bin/pgbouncer`), `PPH_TEST_ROOT`, `PPH_TARGET` (another target's
+//! release binaries, under qemu: [`foreign`]); for the cluster (docs/e2e.md): `PPH_PATRONI`
+//! (3, 4 or both), `PPH_KEEP`, `PPH_HOOKS_DIR`, `PPH_E2E_TMP`, `PPH_OUT`, `PPH_PGBENCH_SECS`
+//! and the benchmark's `PPH_BENCH_*`.
 
 pub mod cluster;
+pub mod foreign;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -38,8 +40,15 @@ use std::time::{Duration, Instant};
 
 /// A binary target of this package: `CARGO_BIN_EXE_<name>` if set in the environment, else
 /// `<target>/<profile>/<name>` next to the test executable's `deps/` directory (where cargo
-/// puts the bin targets it builds for integration tests).
+/// puts the bin targets it builds for integration tests). With `PPH_TARGET=<triple>` (e.g.
+/// `aarch64-unknown-linux-musl`), that target's release binary instead, run under qemu
+/// ([`foreign::runnable`]); a missing or stale one panics.
 pub fn bin(name: &str) -> PathBuf {
+    if let Some(triple) = std::env::var_os("PPH_TARGET").filter(|t| !t.is_empty()) {
+        let triple = triple.to_string_lossy();
+        return foreign::runnable(&triple, name)
+            .unwrap_or_else(|e| panic!("PPH_TARGET={triple}: {e}"));
+    }
     if let Some(p) = std::env::var_os(format!("CARGO_BIN_EXE_{name}")) {
         return PathBuf::from(p);
     }

@@ -185,14 +185,14 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn mtime(p: &Path) -> std::time::SystemTime {
+pub(crate) fn mtime(p: &Path) -> std::time::SystemTime {
     std::fs::metadata(p)
         .and_then(|m| m.modified())
         .unwrap_or(std::time::UNIX_EPOCH)
 }
 
 /// Newest modification time of the hooks' sources (src/, bin/, Cargo.toml, Cargo.lock).
-fn newest_source() -> std::time::SystemTime {
+pub(crate) fn newest_source() -> std::time::SystemTime {
     let root = repo_root();
     let mut newest = mtime(&root.join("Cargo.toml")).max(mtime(&root.join("Cargo.lock")));
     for d in ["src", "bin"] {
