@@ -4,12 +4,13 @@
 
 # Every cargo [[bin]] target that is built static, checked by scripts/check-static and put
 # into the image.
-BINS=(before-stop on-role-change)
+BINS=(before-stop on-role-change pgbouncer-watchdog)
 
-# The ones Patroni runs from /callbacks, shipped gzip'd in ConfigMaps by scripts/configmap
-# (one ConfigMap per hook and architecture: configmap/kustomization.yaml lists them, and the
-# init containers in configmap/ unpack them by `uname -m`).
-HOOKS=(before-stop on-role-change)
+# The ones shipped gzip'd in ConfigMaps by scripts/configmap: the two Patroni runs from
+# /callbacks, and the watchdog beside PgBouncer (one ConfigMap per binary and architecture:
+# configmap/kustomization.yaml lists them, and the init containers in configmap/ unpack them
+# by `uname -m`).
+HOOKS=(before-stop on-role-change pgbouncer-watchdog)
 
 # Rust targets built by default; `--target TRIPLE` (repeatable) picks some of them.
 TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)

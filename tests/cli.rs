@@ -724,7 +724,7 @@ fn the_reference_shows_each_binary_s_help() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/reference.md");
     let mut text = std::fs::read_to_string(&path).unwrap();
     let mut stale = Vec::new();
-    for name in ["before-stop", "on-role-change"] {
+    for name in ["before-stop", "on-role-change", "pgbouncer-watchdog"] {
         let mut cmd = Command::new(common::bin(name));
         cmd.env_clear().arg("--help");
         let (code, help, stderr) = run(cmd, None);
@@ -782,4 +782,39 @@ fn a_failed_run_ends_with_a_summary_event_too() {
     let last: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
     assert_eq!(last["event"], "summary", "{stderr}");
     assert_eq!(last["outcome"], "usage error", "{stderr}");
+}
+
+/// The watchdog has its own face: a flag of the hooks is a usage error there, not ignored, and
+/// so is the watch mode on a hook.
+#[test]
+fn the_watchdog_refuses_what_is_not_its_own() {
+    let url = "postgresql://admin@127.0.0.1:6432/pgbouncer";
+    let table: [(&str, &[&str]); 7] = [
+        (
+            "pgbouncer-watchdog",
+            &["--pgbouncer", url, "--promote-timeout", "5s"],
+        ),
+        ("pgbouncer-watchdog", &["--pgbouncer", url, "--dry-run"]),
+        (
+            "pgbouncer-watchdog",
+            &["--pgbouncer", url, "on_role_change", "primary", "x"],
+        ),
+        (
+            "pgbouncer-watchdog",
+            &["--pgbouncer", url, "--max-pause", "0"],
+        ),
+        ("pgbouncer-watchdog", &["--status"]),
+        ("pgbouncer-watchdog", &["--max-pause", "5s"]),
+        ("on-role-change", &["--watch", "--pgbouncer", url]),
+    ];
+    for (name, args) in table {
+        let mut cmd = hook(name);
+        cmd.args(args);
+        let (code, _, stderr) = run(cmd, None);
+        assert_eq!(code, Some(2), "{name} {args:?}: {stderr}");
+        assert!(
+            !stderr.trim().is_empty(),
+            "{name} {args:?}: no reason given"
+        );
+    }
 }
