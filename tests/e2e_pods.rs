@@ -18,6 +18,7 @@
 //! Each scenario prints one `RESULT key=value ...` line (also written to target/e2e/).
 
 use pph_support::cluster;
+use pph_support::events;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -293,36 +294,24 @@ fn scenario_with(
 fn hook_summaries(c: &Cluster, since: i64) -> Vec<(String, String)> {
     let mut n: BTreeMap<String, u32> = BTreeMap::new();
     for m in &c.members {
-        for l in read(&m.patroni_log()).lines() {
-            let Some(j) = l.find('{') else { continue };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&l[j..]) else {
-                continue;
-            };
-            if v["timestamp"]
+        for e in events::parse(&read(&m.patroni_log())) {
+            if e["timestamp"]
                 .as_str()
                 .and_then(parse_log_ts)
                 .map_or(true, |t| t < since)
             {
                 continue;
             }
-            let f = if v["fields"].is_object() {
-                &v["fields"]
-            } else {
-                &v
-            };
-            if f["event"] == "summary" {
-                let hook = match f["hook"].as_str() {
+            if events::matches(&e, &[("event", "summary")]) {
+                let hook = match e["hook"].as_str() {
                     Some("on-role-change") => "orc",
                     Some("before-stop") => "bs",
                     _ => continue,
                 };
-                let out = f["outcome"].as_str().unwrap_or("?").replace(' ', "_");
+                let out = e["outcome"].as_str().unwrap_or("?").replace(' ', "_");
                 *n.entry(format!("{hook}_{out}")).or_default() += 1;
             }
-            if f["message"]
-                .as_str()
-                .is_some_and(|s| s.starts_with("safety net armed"))
-            {
+            if events::matches(&e, &[("event", "safety-net"), ("action", "armed")]) {
                 *n.entry("nets_armed".into()).or_default() += 1;
             }
         }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{PgBouncer, PgBouncerBuild, Postgres};
+use common::{events, PgBouncer, PgBouncerBuild, Postgres};
 
 const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -111,8 +111,8 @@ fn pause_holds_the_next_transaction_and_resume_releases_it() {
 
         let (out, stderr) = before_stop(&leader_view(&pgb.dir, "m1"), &[&pgb], &[]);
         assert_ok(&out, &stderr);
-        assert_eq!(results(&stderr, "PAUSE"), ["paused"], "{stderr}");
-        assert_eq!(summary(&stderr)["outcome"], "paused", "{stderr}");
+        assert_eq!(events::results(&stderr, "PAUSE"), ["paused"], "{stderr}");
+        assert_eq!(events::summary(&stderr)["outcome"], "paused", "{stderr}");
         assert!(pgb.is_paused(), "{build:?} not paused after before-stop");
 
         let mut held = common::spawn_psql(&pgb.app_url(), "SELECT 42");
@@ -127,14 +127,14 @@ fn pause_holds_the_next_transaction_and_resume_releases_it() {
             &["on_role_change", "primary", "demo"],
         ));
         assert_ok(&out, &stderr);
-        assert_eq!(results(&stderr, "RESUME"), ["resumed"], "{stderr}");
+        assert_eq!(events::results(&stderr, "RESUME"), ["resumed"], "{stderr}");
         // Verified by SHOW STATE where PgBouncer has it (>= 1.19), else unverified.
         let verified = if pgb.has_show_state() {
             "resumed"
         } else {
             "unverified"
         };
-        assert_eq!(summary(&stderr)[verified], 1, "{stderr}");
+        assert_eq!(events::summary(&stderr)[verified], 1, "{stderr}");
         assert_eq!(held.expect_success(Duration::from_secs(10)), "42");
         assert!(!pgb.is_paused());
     }
@@ -149,11 +149,15 @@ fn pause_and_resume_are_idempotent() {
     assert_ok(&out, &stderr);
     let (out, stderr) = before_stop(&view, &[&pgb], &[]);
     assert_ok(&out, &stderr);
-    assert_eq!(results(&stderr, "PAUSE"), ["already paused"], "{stderr}");
+    assert_eq!(
+        events::results(&stderr, "PAUSE"),
+        ["already paused"],
+        "{stderr}"
+    );
     for expected in ["resumed", "was not paused"] {
         let (out, stderr) = run(on_role_change(&pg, &[&pgb], &[]));
         assert_ok(&out, &stderr);
-        assert_eq!(results(&stderr, "RESUME"), [expected], "{stderr}");
+        assert_eq!(events::results(&stderr, "RESUME"), [expected], "{stderr}");
     }
     assert!(!pgb.is_paused());
 }
@@ -164,8 +168,12 @@ fn a_replica_stopping_pauses_nothing() {
     let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
     let (out, stderr) = before_stop(&leader_view(&pgb.dir, "m2"), &[&pgb], &[]);
     assert_ok(&out, &stderr);
-    assert_eq!(summary(&stderr)["decision"], "Skip", "{stderr}");
-    assert_eq!(summary(&stderr)["outcome"], "nothing to pause", "{stderr}");
+    assert_eq!(events::summary(&stderr)["decision"], "Skip", "{stderr}");
+    assert_eq!(
+        events::summary(&stderr)["outcome"],
+        "nothing to pause",
+        "{stderr}"
+    );
     assert!(!pgb.is_paused());
     common::spawn_psql(&pgb.app_url(), "SELECT 1").expect_success(Duration::from_secs(5));
 }
@@ -185,7 +193,7 @@ fn pause_waits_for_an_open_transaction_within_the_bound() {
         );
         let took = started.elapsed();
         assert_ok(&out, &stderr);
-        assert_eq!(summary(&stderr)["draining"], 1, "{stderr}");
+        assert_eq!(events::summary(&stderr)["draining"], 1, "{stderr}");
         assert!(
             took < Duration::from_secs(4),
             "before-stop waited for the transaction: {took:?}"
@@ -213,7 +221,7 @@ fn fan_out_to_two_pgbouncers_and_partial_reachability() {
     let (out, stderr) = before_stop(&view, &[&first, &second], &[]);
     assert_ok(&out, &stderr);
     assert!(first.is_paused() && second.is_paused(), "{stderr}");
-    assert_eq!(summary(&stderr)["paused"], 2, "{stderr}");
+    assert_eq!(events::summary(&stderr)["paused"], 2, "{stderr}");
     let (out, stderr) = run(on_role_change(&pg, &[&first, &second], &[]));
     assert_ok(&out, &stderr);
     assert!(!first.is_paused() && !second.is_paused(), "{stderr}");
@@ -223,7 +231,7 @@ fn fan_out_to_two_pgbouncers_and_partial_reachability() {
     second.kill();
     let (out, stderr) = before_stop(&view, &[&first], &["--pgbouncer", &down_url]);
     assert_ok(&out, &stderr);
-    assert_eq!(summary(&stderr)["failed"], 1, "{stderr}");
+    assert_eq!(events::summary(&stderr)["failed"], 1, "{stderr}");
     assert!(
         stderr.contains(&format!("127.0.0.1:{}", second.port)),
         "{stderr}"
@@ -237,7 +245,11 @@ fn fan_out_to_two_pgbouncers_and_partial_reachability() {
         Some(1),
         "a target that could not be resumed must show: {stderr}"
     );
-    assert_eq!(summary(&stderr)["outcome"], "partly resumed", "{stderr}");
+    assert_eq!(
+        events::summary(&stderr)["outcome"],
+        "partly resumed",
+        "{stderr}"
+    );
     assert!(!first.is_paused());
 }
 
@@ -289,7 +301,7 @@ fn wrong_password_unreachable_and_unresolvable_targets_are_clear_errors() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no-such-host.invalid"), "{stderr}");
     assert_eq!(
-        stderr.lines().filter(|l| l.contains("ERROR")).count(),
+        events::find(&stderr, &[("level", "ERROR")]).len(),
         1,
         "one error line per target: {stderr}"
     );
@@ -345,7 +357,11 @@ fn a_standby_that_never_promotes_gets_no_resume() {
         ],
     ));
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(summary(&stderr)["outcome"], "not resumed", "{stderr}");
+    assert_eq!(
+        events::summary(&stderr)["outcome"],
+        "not resumed",
+        "{stderr}"
+    );
     // The reason, in words, for the DBA who reads Patroni's log.
     assert!(stderr.contains("did not leave recovery"), "{stderr}");
     assert!(pgb.is_paused());
@@ -364,7 +380,11 @@ fn standby_leader_resumes_without_waiting_and_replica_does_nothing() {
         &["on_role_change", "replica", "demo"],
     ));
     assert_ok(&out, &stderr);
-    assert_eq!(summary(&stderr)["outcome"], "nothing to do", "{stderr}");
+    assert_eq!(
+        events::summary(&stderr)["outcome"],
+        "nothing to do",
+        "{stderr}"
+    );
     assert!(pgb.is_paused());
     let (out, stderr) = run(on_role_change(
         &standby,
@@ -444,7 +464,13 @@ fn the_safety_net_resumes_a_forgotten_pause() {
             "the safety net's log line",
             Duration::from_secs(5),
             Duration::from_millis(50),
-            || has_event(&read(&log), "safety-net", "resume").then_some(()),
+            || {
+                events::said(
+                    &read(&log),
+                    &[("event", "safety-net"), ("action", "resume")],
+                )
+                .then_some(())
+            },
         );
         assert!(!pgb.is_paused());
     }
@@ -463,7 +489,7 @@ fn the_safety_net_never_resumes_a_later_pause() {
         "the net to see the RESUME",
         Duration::from_secs(5),
         Duration::from_millis(50),
-        || has_event(&read(&log), "safety-net", "leave").then_some(()),
+        || events::said(&read(&log), &[("event", "safety-net"), ("action", "leave")]).then_some(()),
     );
     // An unrelated pause after that: the net is gone and must not touch it.
     pgb.admin("PAUSE").unwrap();
@@ -474,7 +500,10 @@ fn the_safety_net_never_resumes_a_later_pause() {
         read(&log)
     );
     assert!(
-        !has_event(&read(&log), "safety-net", "resume"),
+        !events::said(
+            &read(&log),
+            &[("event", "safety-net"), ("action", "resume")]
+        ),
         "{}",
         read(&log)
     );
@@ -496,7 +525,7 @@ fn a_callback_killed_mid_wait_still_resumes() {
         "the detached worker to start",
         Duration::from_secs(10),
         Duration::from_millis(20),
-        || has_event(&read(&log), "worker", "started").then_some(()),
+        || events::said(&read(&log), &[("event", "worker"), ("action", "started")]).then_some(()),
     );
     // What Patroni does when the next callback starts: SIGKILL the callback's whole group.
     common::signal(child.id(), "KILL");
@@ -513,14 +542,14 @@ fn a_callback_killed_mid_wait_still_resumes() {
         Duration::from_secs(30),
         Duration::from_millis(50),
         || {
-            events(&read(&log))
+            events::parse(&read(&log))
                 .iter()
                 .any(|e| e["event"] == "summary")
                 .then_some(())
         },
     );
     assert_eq!(
-        results(&read(&log), "RESUME"),
+        events::results(&read(&log), "RESUME"),
         ["resumed"],
         "{}",
         read(&log)
@@ -550,7 +579,11 @@ fn resume_while_a_pause_is_still_draining_leaves_nothing_stuck() {
             &["--pause-timeout", "500ms"],
         );
         assert_ok(&out, &stderr);
-        assert_eq!(results(&stderr, "PAUSE"), ["still draining"], "{stderr}");
+        assert_eq!(
+            events::results(&stderr, "PAUSE"),
+            ["still draining"],
+            "{stderr}"
+        );
         // ... and the new primary resumes while the PAUSE is still pending.
         let (out, stderr) = run(on_role_change(&pg, &[&pgb], &[]));
         assert_ok(&out, &stderr);
@@ -560,7 +593,11 @@ fn resume_while_a_pause_is_still_draining_leaves_nothing_stuck() {
         // A later PAUSE/RESUME cycle still works: nothing was left half-paused.
         let (out, stderr) = before_stop(&leader_view(&pgb.dir, "m1"), &[&pgb], &[]);
         assert_ok(&out, &stderr);
-        assert_eq!(results(&stderr, "PAUSE"), ["paused"], "{build:?}: {stderr}");
+        assert_eq!(
+            events::results(&stderr, "PAUSE"),
+            ["paused"],
+            "{build:?}: {stderr}"
+        );
         let (out, stderr) = run(on_role_change(&pg, &[&pgb], &[]));
         assert_ok(&out, &stderr);
         assert!(!pgb.is_paused());
@@ -575,7 +612,7 @@ fn check_reports_without_changing_anything() {
     let view = leader_view(&pgb.dir, "m1");
     let (out, stderr) = before_stop(&view, &[&pgb, &old], &["--check"]);
     assert_ok(&out, &stderr);
-    let said = events(&stderr);
+    let said = events::parse(&stderr);
     let any =
         |key: &str, pred: &dyn Fn(&serde_json::Value) -> bool| said.iter().any(|e| pred(&e[key]));
     let starts = |prefix: &'static str| {
@@ -586,11 +623,11 @@ fn check_reports_without_changing_anything() {
     assert!(any("pool_mode", &|v| v == "transaction"), "{stderr}");
     assert!(any("show_state", &|v| v == false), "{stderr}");
     assert!(any("role", &|v| v == "Leader"), "{stderr}");
-    assert_eq!(summary(&stderr)["outcome"], "ready", "{stderr}");
+    assert_eq!(events::summary(&stderr)["outcome"], "ready", "{stderr}");
     assert!(!pgb.is_paused() && !old.is_paused());
     let (out, stderr) = run(on_role_change(&pg, &[&pgb], &["--check"]));
     assert_ok(&out, &stderr);
-    let said = events(&stderr);
+    let said = events::parse(&stderr);
     assert!(said.iter().any(|e| e["role"] == "primary"), "{stderr}");
     // No --upstream, but server_login_retry = 1 (the harness's): said, not warned.
     assert!(
@@ -605,7 +642,7 @@ fn check_reports_without_changing_anything() {
     pgb.admin("PAUSE").unwrap();
     let (out, stderr) = before_stop(&view, &[&pgb], &["--check"]);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(summary(&stderr)["outcome"], "not ready", "{stderr}");
+    assert_eq!(events::summary(&stderr)["outcome"], "not ready", "{stderr}");
     assert!(stderr.contains("paused=true"), "{stderr}");
     assert!(pgb.is_paused(), "--check must not change anything");
     pgb.admin("RESUME").unwrap();
@@ -623,39 +660,6 @@ fn pgrep(pattern: &str) -> bool {
 /// Something unique to the hooks started against `pg`: its URL.
 fn log_pattern(pg: &Postgres) -> String {
     format!("on-role-change.*{}", pg.port)
-}
-
-/// The JSON events of a hook run with `--log-format json`.
-fn events(stderr: &str) -> Vec<serde_json::Value> {
-    stderr
-        .lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect()
-}
-
-/// The summary event of a run.
-fn summary(stderr: &str) -> serde_json::Value {
-    events(stderr)
-        .into_iter()
-        .rev()
-        .find(|e| e["event"] == "summary")
-        .unwrap_or_else(|| panic!("no summary event in:\n{stderr}"))
-}
-
-/// The `result` of every per-PgBouncer event for `command` (PAUSE, RESUME), in order.
-fn results(stderr: &str, command: &str) -> Vec<String> {
-    events(stderr)
-        .into_iter()
-        .filter(|e| e["command"] == command)
-        .filter_map(|e| e["result"].as_str().map(str::to_string))
-        .collect()
-}
-
-/// Whether the log holds an event `event` with `action`.
-fn has_event(text: &str, event: &str, action: &str) -> bool {
-    events(text)
-        .iter()
-        .any(|e| e["event"] == event && e["action"] == action)
 }
 
 /// A TCP proxy to `backend` that forwards every connection, except that it cuts one (both
@@ -726,7 +730,7 @@ fn a_pause_whose_answer_was_cut_off_still_arms_the_net() {
     let log = pgb.dir.join("before-stop-cut.log");
     let json = ["--log-format", "json"];
     let status = before_stop_with_net(&pgb, &proxy.admin_url(), "4s", &json, &log);
-    let done = summary(&read(&log));
+    let done = events::summary(&read(&log));
     assert!(status.success(), "{}", read(&log));
     assert_eq!(done["uncertain"], 1, "{done}");
     assert_eq!(done["failed"], 0, "{done}");
@@ -767,9 +771,12 @@ fn without_fork_the_callback_resumes_in_its_own_process() {
     .current_dir("/");
     let (out, stderr) = run(cmd);
     assert_ok(&out, &stderr);
-    let done = summary(&stderr);
+    let done = events::summary(&stderr);
     assert_eq!(done["outcome"], "resumed", "{done}");
-    assert!(has_event(&stderr, "worker", "in-process"), "{stderr}");
+    assert!(
+        events::said(&stderr, &[("event", "worker"), ("action", "in-process")]),
+        "{stderr}"
+    );
     assert!(!pgb.is_paused(), "{stderr}");
 }
 
@@ -806,7 +813,11 @@ fn a_stale_route_resumes_only_if_this_member_is_still_primary() {
         .clone();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(summary(&stderr)["outcome"], "not resumed", "{stderr}");
+    assert_eq!(
+        events::summary(&stderr)["outcome"],
+        "not resumed",
+        "{stderr}"
+    );
     assert!(
         pgb.is_paused(),
         "resumed although this member is gone: {stderr}"
@@ -869,7 +880,11 @@ fn a_promotion_wait_whose_login_is_refused_backs_off() {
     cmd.env("PGCONNECT_TIMEOUT", "2");
     let (out, stderr) = run(cmd);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(summary(&stderr)["outcome"], "not resumed", "{stderr}");
+    assert_eq!(
+        events::summary(&stderr)["outcome"],
+        "not resumed",
+        "{stderr}"
+    );
     let logins = pg.log().matches(refused).count() - before;
     // 10 ms, doubling to 1 s: about 9 tries in 3 s (it was one every ~15 ms, 200 in 3 s).
     assert!((2..=12).contains(&logins), "{logins} failed logins in 3 s");
@@ -885,7 +900,9 @@ fn check_warns_when_a_late_route_would_cost_server_login_retry() {
         args.extend_from_slice(extra);
         let (out, stderr) = run(on_role_change(&pg, &[&pgb], &args));
         assert_ok(&out, &stderr);
-        events(&stderr).iter().any(|e| e["warning"] == "late-route")
+        events::parse(&stderr)
+            .iter()
+            .any(|e| e["warning"] == "late-route")
     };
     assert!(
         warned(&[]),
@@ -963,7 +980,7 @@ fn watchdog(pgb: &PgBouncer, extra: &[&str], log: &std::path::Path) -> std::proc
 }
 
 fn watchdog_resumes(log: &std::path::Path) -> Vec<serde_json::Value> {
-    events(&read(log))
+    events::parse(&read(log))
         .into_iter()
         .filter(|e| e["event"] == "watchdog" && e["action"] == "resume")
         .collect()
@@ -1092,7 +1109,7 @@ fn a_resume_that_cannot_reach_pgbouncer_at_first_is_tried_again() {
         .clone();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert_eq!(summary(&stderr)["outcome"], "resumed", "{stderr}");
+    assert_eq!(events::summary(&stderr)["outcome"], "resumed", "{stderr}");
     assert!(!pgb.is_paused(), "{stderr}");
 }
 

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{PgBouncer, PgBouncerBuild, Postgres};
+use common::{events, PgBouncer, PgBouncerBuild, Postgres};
 
 /// How long after the promotion the proxy still routes to the old primary.
 const ROUTE_DELAY: Duration = Duration::from_secs(2);
@@ -444,7 +444,14 @@ fn late_route_makes_the_difference(build: PgBouncerBuild) {
             )
         };
         assert!(with.hook_ok, "on-role-change failed: {}", context());
-        assert!(route_said(&with.hook_stderr, "reached"), "{}", context());
+        assert!(
+            events::said(
+                &with.hook_stderr,
+                &[("event", "route"), ("action", "reached")]
+            ),
+            "{}",
+            context()
+        );
         assert!(
             with.held_result.is_ok(),
             "--upstream: the held transaction failed: {}",
@@ -578,19 +585,17 @@ fn the_route_check_recognises_this_member() {
         (&standby, ["on_start", "standby_leader", "demo"]),
     ] {
         let (took, stderr) = direct_route(member, &pgb, &callback);
-        assert!(route_said(&stderr, "reached"), "{callback:?}: {stderr}");
-        assert!(!route_said(&stderr, "stale"), "{callback:?}: {stderr}");
+        assert!(
+            events::said(&stderr, &[("event", "route"), ("action", "reached")]),
+            "{callback:?}: {stderr}"
+        );
+        assert!(
+            !events::said(&stderr, &[("event", "route"), ("action", "stale")]),
+            "{callback:?}: {stderr}"
+        );
         assert!(
             took < Duration::from_secs(2),
             "{callback:?} took {took:?}: {stderr}"
         );
     }
-}
-
-/// Whether on-role-change's JSON log has a route event with `action` (reached, stale).
-fn route_said(stderr: &str, action: &str) -> bool {
-    stderr
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .any(|e| e["event"] == "route" && e["action"] == action)
 }

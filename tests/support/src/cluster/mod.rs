@@ -26,15 +26,6 @@ pub const ADMIN_PASSWORD: &str = "admin-secret";
 pub const SUPER_PASSWORD: &str = "super-secret";
 pub const REPL_PASSWORD: &str = "repl-secret";
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-/// The hooks' summary events (`event=summary`, docs/reference.md) of `hook` in `text` (a
-/// Patroni log: the hooks log JSON there, `HOOKS_LOG_FORMAT=json`), in order.
-pub fn hook_summaries(text: &str, hook: &str) -> Vec<serde_json::Value> {
-    text.lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line.trim()).ok())
-        .filter(|e| e["event"] == "summary" && e["hook"] == hook)
-        .collect()
-}
-
 /// Whether `PPH_PATRONI` (3, 4, or both when unset) asks for scenarios on this Patroni.
 pub fn wants(patroni: u8) -> bool {
     match std::env::var("PPH_PATRONI")
@@ -1220,7 +1211,7 @@ ignore_startup_parameters = extra_float_digits
         self.members
             .iter()
             .flat_map(|m| {
-                hook_summaries(&read(&m.patroni_log()), "before-stop")
+                crate::events::summaries(&read(&m.patroni_log()), "before-stop")
                     .into_iter()
                     .filter(fell_back)
                     .map(|e| format!("{}: {e}", m.name))
