@@ -57,6 +57,14 @@ pub fn bin(name: &str) -> PathBuf {
 pub mod process;
 pub use process::*;
 
+/// Says that `test` did not run, and why: `SKIPPED: <test> (<reason>)` on stderr. Written to
+/// stderr itself, not through `eprintln!`, so that the test runner's output capture does not
+/// swallow it: `cargo test` still counts the test as passed, and this line is what tells.
+pub fn skipped(test: &str, reason: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {test} ({reason})");
+}
+
 // ------------------------------------------------------------------ plumbing
 
 /// Default bound for short commands (psql, pg_ctl, ...).

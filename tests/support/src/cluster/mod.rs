@@ -38,6 +38,28 @@ pub fn wants(patroni: u8) -> bool {
     }
 }
 
+/// Whether the scenario `label` (its test's name, `-` for `_`) runs on Patroni `patroni`, as
+/// `PPH_PATRONI` asks ([`wants`]). When it does not, the scenario says so instead of passing
+/// in silence: `SKIPPED: ...` on stderr ([`crate::skipped`]) and a `SKIPPED` line in its result
+/// file (so an older run's RESULT there is not taken for this run's).
+pub fn runs(label: &str, patroni: u8) -> bool {
+    if wants(patroni) {
+        return true;
+    }
+    let label = label.replace('_', "-");
+    let reason = format!(
+        "PPH_PATRONI={} leaves out Patroni {patroni}",
+        std::env::var("PPH_PATRONI").unwrap_or_default()
+    );
+    crate::skipped(&format!("{label} patroni{patroni}"), &reason);
+    record_result(
+        &label,
+        patroni,
+        &format!("SKIPPED {label} patroni{patroni}: {reason}"),
+    );
+    false
+}
+
 /// Prints a scenario's RESULT line and keeps it in `target/e2e/<label>-p<patroni>.txt`.
 pub fn record_result(label: &str, patroni: u8, line: &str) {
     println!("{line}");
@@ -1501,17 +1523,6 @@ pub fn watchdog_args(admin_url: &str, upstream: &str, max_pause: Duration) -> Ve
         "--max-pause".into(),
         format!("{}ms", max_pause.as_millis()),
     ]
-}
-
-/// Does this build of on-role-change have the watchdog mode (`--watch` in its --help)?
-pub fn watchdog_available() -> bool {
-    let Ok(dir) = hooks_dir() else { return false };
-    run(
-        Command::new(dir.join("on-role-change")).arg("--help"),
-        Duration::from_secs(10),
-    )
-    .map(|(_, out, _)| out.contains("--watch"))
-    .unwrap_or(false)
 }
 
 /// A postmaster runs on this data directory (postmaster.pid names a live process whose
