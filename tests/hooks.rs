@@ -318,7 +318,19 @@ fn on_role_change_waits_for_promotion_before_resuming() {
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // The hook is told "in recovery" and asks again: it saw the standby and kept waiting.
+    let first = common::wait_until(
+        "on-role-change to ask whether Postgres is in recovery",
+        HOOK_TIMEOUT,
+        Duration::from_millis(10),
+        || Some(last_recovery_poll(&standby)).filter(|t| !t.is_empty()),
+    );
+    common::wait_until(
+        "on-role-change to ask again",
+        HOOK_TIMEOUT,
+        Duration::from_millis(10),
+        || (last_recovery_poll(&standby) != first).then_some(()),
+    );
     assert!(
         child.try_wait().unwrap().is_none(),
         "on-role-change returned while Postgres was still in recovery"
@@ -337,6 +349,15 @@ fn on_role_change_waits_for_promotion_before_resuming() {
     assert!(status.success(), "{stderr}");
     assert_eq!(standby.psql("SELECT pg_is_in_recovery()"), "f");
     assert!(!pgb.is_paused(), "{stderr}");
+}
+
+/// When another session's last `SELECT pg_is_in_recovery()` on `pg` started, once it has its
+/// answer (the session idle); empty before that.
+fn last_recovery_poll(pg: &Postgres) -> String {
+    pg.psql(
+        "SELECT coalesce(max(query_start)::text, '') FROM pg_stat_activity \
+         WHERE query = 'SELECT pg_is_in_recovery()' AND state = 'idle' AND pid <> pg_backend_pid()",
+    )
 }
 
 #[test]
@@ -491,9 +512,17 @@ fn the_safety_net_never_resumes_a_later_pause() {
         Duration::from_millis(50),
         || events::said(&read(&log), &[("event", "safety-net"), ("action", "leave")]).then_some(()),
     );
-    // An unrelated pause after that: the net is gone and must not touch it.
+    // The net leaves: its process ends (long before its 3 s are up).
+    let armed = events::last(&read(&log), &[("event", "safety-net"), ("action", "armed")]);
+    let net = armed["pid"].as_i64().expect("the net's pid");
+    common::wait_until(
+        "the safety net's process to end",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || (!common::cluster::util::pid_alive(net)).then_some(()),
+    );
+    // An unrelated pause after that: nothing is left that could touch it.
     pgb.admin("PAUSE").unwrap();
-    std::thread::sleep(Duration::from_secs(4));
     assert!(
         pgb.is_paused(),
         "the safety net resumed a later pause: {}",
@@ -785,6 +814,8 @@ fn a_stale_route_resumes_only_if_this_member_is_still_primary() {
     let mut local = Postgres::start_primary();
     // Another cluster altogether: the route never reaches `local`.
     let elsewhere = Postgres::start_primary();
+    let route = SwitchProxy::start(0, elsewhere.port);
+    let upstream = format!("postgresql://postgres@127.0.0.1:{}/postgres", route.port);
     let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", local.port);
     pgb.admin("PAUSE").unwrap();
     let cmd = on_role_change(
@@ -792,9 +823,9 @@ fn a_stale_route_resumes_only_if_this_member_is_still_primary() {
         &[&pgb],
         &[
             "--upstream",
-            &elsewhere.url(),
+            &upstream,
             "--route-timeout",
-            "2s",
+            "5s",
             "--no-detach",
             "--log-format",
             "json",
@@ -804,8 +835,14 @@ fn a_stale_route_resumes_only_if_this_member_is_still_primary() {
         ],
     );
     let mut hook = common::spawn_bg(cmd);
-    std::thread::sleep(Duration::from_millis(700));
-    // This member goes away while its route is still stale.
+    // The hook asks the route, finds another cluster, asks again...
+    common::wait_until(
+        "on-role-change to ask the route twice",
+        HOOK_TIMEOUT,
+        Duration::from_millis(5),
+        || (route.accepted() >= 2).then_some(()),
+    );
+    // ... and this member goes away while its route is still stale.
     local.stop();
     let out = hook
         .wait_timeout(HOOK_TIMEOUT)
@@ -921,6 +958,8 @@ fn check_warns_when_a_late_route_would_cost_server_login_retry() {
 struct SwitchProxy {
     port: u16,
     target: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    /// Connections accepted so far.
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SwitchProxy {
@@ -931,9 +970,12 @@ impl SwitchProxy {
         let port = listener.local_addr().unwrap().port();
         let shared = std::sync::Arc::new(AtomicU16::new(target));
         let current = shared.clone();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().take(500) {
                 let Ok(client) = client else { return };
+                counter.fetch_add(1, Ordering::SeqCst);
                 let to = current.load(Ordering::SeqCst);
                 let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
                     continue;
@@ -952,7 +994,12 @@ impl SwitchProxy {
         SwitchProxy {
             port,
             target: shared,
+            accepted,
         }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn switch_to(&self, port: u16) {
@@ -1076,7 +1123,7 @@ fn a_resume_that_cannot_reach_pgbouncer_at_first_is_tried_again() {
     let pg = Postgres::start_primary();
     let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
     pgb.admin("PAUSE").unwrap();
-    // The admin console's address refuses connections for the first second.
+    // The admin console's address refuses connections until the first RESUME failed.
     let port = common::free_port();
     let url = format!(
         "postgresql://{}@127.0.0.1:{port}/pgbouncer",
@@ -1100,15 +1147,29 @@ fn a_resume_that_cannot_reach_pgbouncer_at_first_is_tried_again() {
         ],
         PgBouncer::ADMIN_PASSWORD,
     );
-    let mut callback = common::spawn_bg(cmd);
-    std::thread::sleep(Duration::from_secs(1));
+    let log = pgb.dir.join("on-role-change.log");
+    let mut callback = spawn_logged(cmd, &log);
+    common::wait_until(
+        "a RESUME that failed and is tried again",
+        HOOK_TIMEOUT,
+        Duration::from_millis(10),
+        || {
+            events::said(
+                &read(&log),
+                &[("command", "RESUME"), ("result", "retrying")],
+            )
+            .then_some(())
+        },
+    );
     let _proxy = SwitchProxy::start(port, pgb.port);
-    let out = callback
-        .wait_timeout(HOOK_TIMEOUT)
-        .expect("on-role-change")
-        .clone();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let status = common::wait_until(
+        "on-role-change",
+        HOOK_TIMEOUT,
+        Duration::from_millis(20),
+        || callback.try_wait().unwrap(),
+    );
+    let stderr = read(&log);
+    assert_eq!(status.code(), Some(0), "{stderr}");
     assert_eq!(events::summary(&stderr)["outcome"], "resumed", "{stderr}");
     assert!(!pgb.is_paused(), "{stderr}");
 }
