@@ -677,13 +677,18 @@ fn check_reports_without_changing_anything() {
     pgb.admin("RESUME").unwrap();
 }
 
-/// Whether a process whose command line contains `pattern` still runs.
+/// Whether a process whose command line contains `pattern` still runs. A pgrep that cannot
+/// run, or fails (exit 2 or more), is a failure, not a "no".
 fn pgrep(pattern: &str) -> bool {
-    Command::new("pgrep")
+    let out = Command::new("pgrep")
         .args(["-f", pattern])
         .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+        .unwrap_or_else(|e| panic!("pgrep (procps, installed by scripts/setup): {e}"));
+    match out.status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        _ => panic!("pgrep -f {pattern:?}: {out:?}"),
+    }
 }
 
 /// Something unique to the hooks started against `pg`: its URL.

@@ -5,6 +5,8 @@
 //!
 //! A library crate of its own (a dev-dependency), so it is compiled once for every test
 //! file: `use pph_support as common;`. Machine prerequisites come from `scripts/setup`.
+//! What the hooks say is read with [`events`], the one parser of their JSON log lines; a test
+//! that does not run says so with [`skipped`].
 //!
 //! * Servers run as user `postgres` when the tests run as root (initdb/postgres refuse
 //!   root, PgBouncer too): `setpriv --reuid=postgres --regid=postgres --init-groups
