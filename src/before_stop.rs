@@ -74,7 +74,7 @@ async fn run_async(settings: &Settings, deadline: Instant) -> Result<u8> {
     let source = view.source.as_str();
     let decision = view::decide(&member, view)?;
     let read_view_ms = started.elapsed().as_millis() as u64;
-    tracing::info!(member = %member, decision = ?decision.action, reason = %decision.reason, source, read_view_ms, "decided");
+    tracing::info!(event = "decided", member = %member, decision = ?decision.action, reason = %decision.reason, source, read_view_ms, "decided");
 
     let done = |outcome: &'static str, pause: Option<&fleet::PauseResult>, pause_ms: u64| {
         report::before_stop_summary(report::BeforeStop {

@@ -3,8 +3,6 @@
 //! Patroni ignores a hook's exit code, so the code is for people and CI pipelines; the
 //! summary log line always says the same thing in words.
 
-use std::process::ExitCode;
-
 /// The hook did what was needed, or decided that nothing was needed.
 pub const OK: u8 = 0;
 /// Something operational failed: the cluster view could not be read, no PgBouncer could be
@@ -12,10 +10,6 @@ pub const OK: u8 = 0;
 pub const FAILURE: u8 = 1;
 /// The command line or the environment is wrong (clap uses the same code).
 pub const USAGE: u8 = 2;
-
-pub fn code(value: u8) -> ExitCode {
-    ExitCode::from(value)
-}
 
 /// Marks an error as the caller's fault, so `main` exits with [`USAGE`] instead of [`FAILURE`].
 #[derive(Debug)]

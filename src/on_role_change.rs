@@ -70,7 +70,7 @@ async fn run_async(settings: &Settings) -> Result<u8> {
         ResumePlan::AfterPromotion(r) | ResumePlan::Now(r) => (Action::Resume, r.clone()),
         ResumePlan::Nothing(r) => (Action::Skip, r.clone()),
     };
-    tracing::info!(decision = ?action, reason = %reason, "decided");
+    tracing::info!(event = "decided", decision = ?action, reason = %reason, "decided");
     let summary = |outcome, ready: &Ready, resume_ms, resume, problem| {
         report::on_role_change_summary(report::OnRoleChange {
             decision: action,

@@ -249,23 +249,11 @@ pub fn retry_delay(poll: Duration, failures: u32, problem: &str) -> Duration {
     doubled.min(Duration::from_secs(1)).max(poll)
 }
 
-/// How the wait for promotion went.
-#[derive(Debug)]
-pub struct Waited {
-    pub polls: u32,
-    pub elapsed: Duration,
-}
-
 /// Polls the local Postgres until it leaves recovery, over one connection that is re-opened
 /// only when it breaks (the server may restart during promotion). Sleeps `poll` between
 /// tries, so it never spins, and gives up at `timeout`.
-pub async fn wait_until_primary(
-    local: &Server,
-    poll: Duration,
-    timeout: Duration,
-) -> Result<Waited> {
-    let started = Instant::now();
-    let deadline = started + timeout;
+pub async fn wait_until_primary(local: &Server, poll: Duration, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
     let poll = poll.max(Duration::from_millis(1));
     let max_polls = (timeout.as_millis() / poll.as_millis()).min(u32::MAX as u128 - 2) as u32 + 2;
     let mut client: Option<Client> = None;
@@ -297,12 +285,7 @@ pub async fn wait_until_primary(
         }
         if let Some(c) = &client {
             match tokio::time::timeout(remaining, in_recovery(c)).await {
-                Ok(Ok(false)) => {
-                    return Ok(Waited {
-                        polls,
-                        elapsed: started.elapsed(),
-                    })
-                }
+                Ok(Ok(false)) => return Ok(()),
                 Ok(Ok(true)) => last_problem = "still in recovery".into(),
                 Ok(Err(err)) => {
                     last_problem = format!("{err:#}");

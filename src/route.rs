@@ -105,7 +105,7 @@ pub async fn wait_for_route(
             ..me
         },
         Err(err) => {
-            tracing::warn!("cannot tell the local Postgres' identity ({err:#}); RESUME without verifying the route");
+            tracing::warn!(event = "route", action = "unchecked", "cannot tell the local Postgres' identity ({err:#}); RESUME without verifying the route");
             return false;
         }
     };

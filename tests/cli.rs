@@ -2,6 +2,8 @@
 
 use pph_support as common;
 
+use common::events;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -85,6 +87,10 @@ fn run(mut cmd: Command, stdin: Option<&str>) -> (Option<i32>, String, String) {
 }
 
 fn dry_before_stop(member: &str, list: &Path, history: &Path) -> (Option<i32>, String, String) {
+    run(dry_before_stop_cmd(member, list, history), None)
+}
+
+fn dry_before_stop_cmd(member: &str, list: &Path, history: &Path) -> Command {
     let mut cmd = hook("before-stop");
     cmd.args(["--dry-run", "--member", member, "--list-tsv"])
         .arg(list)
@@ -94,7 +100,7 @@ fn dry_before_stop(member: &str, list: &Path, history: &Path) -> (Option<i32>, S
             "--pgbouncer",
             "postgresql://admin:s3cret@pgbouncer:6432/pgbouncer",
         ]);
-    run(cmd, None)
+    cmd
 }
 
 #[test]
@@ -114,7 +120,9 @@ fn dry_run_decisions() {
         ("m1", &no_leader, &empty_history, "pause"),
     ];
     for (member, list, history, action) in table {
-        let (code, stdout, stderr) = dry_before_stop(member, list, history);
+        let mut cmd = dry_before_stop_cmd(member, list, history);
+        cmd.args(["--log-format", "json"]);
+        let (code, stdout, stderr) = run(cmd, None);
         assert_eq!(code, Some(0), "{stderr}");
         assert_eq!(
             stdout.lines().count(),
@@ -137,10 +145,10 @@ fn dry_run_decisions() {
             !stdout.contains("s3cret") && !stderr.contains("s3cret"),
             "password leaked"
         );
-        assert!(
-            stderr.contains("before-stop done"),
-            "summary line missing: {stderr}"
-        );
+        let decided = events::last(&stderr, &[("event", "decided")]);
+        assert_eq!(decided["member"], member, "{stderr}");
+        assert_eq!(decided["source"], "files", "{stderr}");
+        assert_eq!(events::summary(&stderr)["outcome"], "dry run", "{stderr}");
     }
 }
 
@@ -466,7 +474,11 @@ fn an_unreachable_patroni_api_falls_back_to_patronictl_output() {
     cmd.args(["--log-format", "json"]);
     let (code, stdout, stderr) = run(cmd, None);
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(event(&stderr, "decided")["source"], "files", "{stderr}");
+    assert_eq!(
+        events::last(&stderr, &[("event", "decided")])["source"],
+        "files",
+        "{stderr}"
+    );
     assert!(stdout.contains("\"action\":\"pause\""), "{stdout}");
 
     let mut cmd = hook("before-stop");
@@ -500,17 +512,19 @@ fn json_logs_are_one_object_per_line() {
     let (code, stdout, stderr) = run(cmd, None);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("\"action\":\"pause\""));
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert!(!lines.is_empty());
-    for line in &lines {
-        let value: serde_json::Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    let said = events::parse(&stderr);
+    assert!(!said.is_empty(), "{stderr}");
+    assert!(
+        stderr.lines().all(|line| line.starts_with('{')) && said.len() == stderr.lines().count(),
+        "every line one JSON object: {stderr}"
+    );
+    for value in &said {
         assert!(
             value.get("level").is_some() && value.get("message").is_some(),
-            "{line}"
+            "{value}"
         );
     }
-    let last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    let last = said.last().unwrap();
     assert_eq!(last["event"], "summary", "{stderr}");
     assert_eq!(last["hook"], "before-stop", "{stderr}");
     assert_eq!(last["outcome"], "dry run", "{stderr}");
@@ -536,22 +550,16 @@ fn a_patroni_api_that_accepts_but_never_answers_is_raced_by_patronictl() {
     let took = started.elapsed();
     drop(silent);
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(event(&stderr, "decided")["source"], "files", "{stderr}");
+    assert_eq!(
+        events::last(&stderr, &[("event", "decided")])["source"],
+        "files",
+        "{stderr}"
+    );
     assert!(stdout.contains("\"action\":\"pause\""), "{stdout}");
     assert!(
         took < Duration::from_secs(3),
         "waited {took:?} for a silent REST API"
     );
-}
-
-/// The last JSON event whose message is `message`, from a run with `--log-format json`.
-fn event(stderr: &str, message: &str) -> serde_json::Value {
-    stderr
-        .lines()
-        .rev()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|e| e["message"] == message)
-        .unwrap_or_else(|| panic!("no {message:?} event in:\n{stderr}"))
 }
 
 /// A Patroni REST API stand-in on 127.0.0.1 that answers `GET /cluster` and `GET /history`
@@ -593,7 +601,11 @@ fn a_slow_patroni_api_still_wins_over_a_patronictl_that_fails() {
         .args(["--patronictl", "/nonexistent/patronictl"]);
     let (code, stdout, stderr) = run(cmd, None);
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(event(&stderr, "decided")["source"], "rest", "{stderr}");
+    assert_eq!(
+        events::last(&stderr, &[("event", "decided")])["source"],
+        "rest",
+        "{stderr}"
+    );
     assert!(stdout.contains("\"action\":\"pause\""), "{stdout}");
 }
 
@@ -602,15 +614,18 @@ fn every_source_failing_names_both_reasons() {
     let s = Scratch::new("both-fail");
     let port = common::free_port();
     let mut cmd = hook("before-stop");
-    cmd.args(["--dry-run", "--member", "m1"])
+    cmd.args(["--dry-run", "--member", "m1", "--log-format", "json"])
         .args(["--patroni-url", &format!("http://127.0.0.1:{port}")])
         .arg("--patronictl")
         .arg(s.script("patronictl", "echo 'etcd is down' >&2; exit 1"));
     let (code, _, stderr) = run(cmd, None);
     assert_eq!(code, Some(1), "{stderr}");
-    let last = stderr.lines().last().unwrap_or("");
+    // The failed run's summary carries the reason, in words, for the DBA.
+    let summary = events::summary(&stderr);
+    assert_eq!(summary["outcome"], "failed", "{stderr}");
+    let reason = summary["message"].as_str().unwrap_or_default();
     assert!(
-        last.contains("127.0.0.1") && last.contains("etcd is down"),
+        reason.contains("127.0.0.1") && reason.contains("etcd is down"),
         "{stderr}"
     );
 }
@@ -666,7 +681,7 @@ fn one_timeout_bounds_the_whole_run() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(took < Duration::from_secs(3), "took {took:?}: {stderr}");
     assert_eq!(
-        event(&stderr, "before-stop done")["outcome"],
+        events::summary(&stderr)["outcome"],
         "nothing paused",
         "{stderr}"
     );
@@ -763,7 +778,9 @@ fn a_failed_run_ends_with_a_summary_event_too() {
         .arg(&list);
     let (code, _, stderr) = run(cmd, None);
     assert_eq!(code, Some(1), "{stderr}");
-    let last: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
+    let said = events::parse(&stderr);
+    assert_eq!(said.len(), stderr.lines().count(), "{stderr}");
+    let last = said.last().expect("a summary event");
     assert_eq!(last["event"], "summary", "{stderr}");
     assert_eq!(last["hook"], "before-stop", "{stderr}");
     assert_eq!(last["outcome"], "failed", "{stderr}");
@@ -779,7 +796,9 @@ fn a_failed_run_ends_with_a_summary_event_too() {
     cmd.args(["--log-format", "json", "only-one-argument"]);
     let (code, _, stderr) = run(cmd, None);
     assert_eq!(code, Some(2), "{stderr}");
-    let last: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
+    let said = events::parse(&stderr);
+    assert_eq!(said.len(), stderr.lines().count(), "{stderr}");
+    let last = said.last().expect("a summary event");
     assert_eq!(last["event"], "summary", "{stderr}");
     assert_eq!(last["outcome"], "usage error", "{stderr}");
 }

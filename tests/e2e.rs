@@ -500,8 +500,8 @@ fn s8_pending_restart(p: u8) {
 
 macro_rules! per_patroni {
     ($($name:ident => $f:ident),* $(,)?) => {
-        mod patroni3 { $( #[test] fn $name() { if pph_support::cluster::wants(3) { let _g = super::serial(); super::$f(3) } } )* }
-        mod patroni4 { $( #[test] fn $name() { if pph_support::cluster::wants(4) { let _g = super::serial(); super::$f(4) } } )* }
+        mod patroni3 { $( #[test] fn $name() { if pph_support::cluster::runs(stringify!($name), 3) { let _g = super::serial(); super::$f(3) } } )* }
+        mod patroni4 { $( #[test] fn $name() { if pph_support::cluster::runs(stringify!($name), 4) { let _g = super::serial(); super::$f(4) } } )* }
     };
 }
 

@@ -3,7 +3,7 @@
 
 use pph_support as common;
 
-use common::{spawn_psql, PgBouncer, PgBouncerBuild, Postgres};
+use common::{events, spawn_psql, PgBouncer, PgBouncerBuild, Postgres};
 use std::time::Duration;
 
 /// How long a paused client must stay blocked to count as "held".
@@ -219,4 +219,38 @@ fn restart_keeps_data_and_stop_is_idempotent() {
     );
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     pg.stop();
+}
+
+// The one parser of the hooks' structured events (tests/support/src/events.rs).
+
+#[test]
+fn the_event_parser_reads_json_lines_with_and_without_a_prefix_and_skips_the_rest() {
+    let text = concat!(
+        "{\"event\":\"summary\",\"hook\":\"before-stop\",\"outcome\":\"paused\"}\n",
+        "2026-01-01 12:00:00 INFO: no JSON here\n",
+        "{not json}\n",
+        "[1]\n",
+        "pod/pg-0 {\"event\":\"route\",\"action\":\"reached\"}\r\n",
+        "{\"command\":\"PAUSE\",\"result\":\"paused\"}\n",
+        "{\"event\":\"summary\",\"hook\":\"on-role-change\",\"outcome\":\"resumed\"}\n",
+    );
+    assert_eq!(events::parse(text).len(), 4);
+    assert!(events::said(
+        text,
+        &[("event", "route"), ("action", "reached")]
+    ));
+    assert!(!events::said(
+        text,
+        &[("event", "route"), ("action", "stale")]
+    ));
+    assert_eq!(events::summary(text)["hook"], "on-role-change");
+    assert_eq!(events::summaries(text, "before-stop").len(), 1);
+    assert_eq!(events::results(text, "PAUSE"), ["paused"]);
+    assert!(events::results(text, "RESUME").is_empty());
+}
+
+#[test]
+#[should_panic(expected = "no event with")]
+fn a_missing_event_is_a_failure_that_shows_the_log() {
+    events::summary("{\"event\":\"decided\"}\n");
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{PgBouncer, PgBouncerBuild, Postgres};
+use common::{events, PgBouncer, PgBouncerBuild, Postgres};
 
 const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -154,8 +154,8 @@ fn pause_holds_the_next_transaction_and_resume_releases_it() {
 
         let (out, stderr) = before_stop(&leader_view(&pgb.dir, "m1"), &[&pgb], &[]);
         assert_ok(&out, &stderr);
-        assert_eq!(results(&stderr, "PAUSE"), ["paused"], "{stderr}");
-        assert_eq!(summary(&stderr)["outcome"], "paused", "{stderr}");
+        assert_eq!(events::results(&stderr, "PAUSE"), ["paused"], "{stderr}");
+        assert_eq!(events::summary(&stderr)["outcome"], "paused", "{stderr}");
         assert!(pgb.is_paused(), "{build:?} not paused after before-stop");
 
         let mut held = common::spawn_psql(&pgb.app_url(), "SELECT 42");
@@ -170,14 +170,14 @@ fn pause_holds_the_next_transaction_and_resume_releases_it() {
             &["on_role_change", "primary", "demo"],
         ));
         assert_ok(&out, &stderr);
-        assert_eq!(results(&stderr, "RESUME"), ["resumed"], "{stderr}");
+        assert_eq!(events::results(&stderr, "RESUME"), ["resumed"], "{stderr}");
         // Verified by SHOW STATE where PgBouncer has it (>= 1.19), else unverified.
         let verified = if pgb.has_show_state() {
             "resumed"
         } else {
             "unverified"
         };
-        assert_eq!(summary(&stderr)[verified], 1, "{stderr}");
+        assert_eq!(events::summary(&stderr)[verified], 1, "{stderr}");
         assert_eq!(held.expect_success(Duration::from_secs(10)), "42");
         assert!(!pgb.is_paused());
     }
@@ -194,14 +194,14 @@ fn pause_and_resume_are_idempotent() {
     assert_ok(&out, &stderr);
     // The first one's net holds the pause's mark: the second joins the hooks' pause.
     assert_eq!(
-        results(&stderr, "PAUSE"),
+        events::results(&stderr, "PAUSE"),
         ["already in a hooks' pause"],
         "{stderr}"
     );
     for expected in ["resumed", "not paused"] {
         let (out, stderr) = run(on_role_change(&pg, &[&pgb], &[]));
         assert_ok(&out, &stderr);
-        assert_eq!(results(&stderr, "RESUME"), [expected], "{stderr}");
+        assert_eq!(events::results(&stderr, "RESUME"), [expected], "{stderr}");
     }
     assert!(!pgb.is_paused());
 }
@@ -212,8 +212,12 @@ fn a_replica_stopping_pauses_nothing() {
     let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
     let (out, stderr) = before_stop(&leader_view(&pgb.dir, "m2"), &[&pgb], &[]);
     assert_ok(&out, &stderr);
-    assert_eq!(summary(&stderr)["decision"], "Skip", "{stderr}");
-    assert_eq!(summary(&stderr)["outcome"], "nothing to pause", "{stderr}");
+    assert_eq!(events::summary(&stderr)["decision"], "Skip", "{stderr}");
+    assert_eq!(
+        events::summary(&stderr)["outcome"],
+        "nothing to pause",
+        "{stderr}"
+    );
     assert!(!pgb.is_paused());
     common::spawn_psql(&pgb.app_url(), "SELECT 1").expect_success(Duration::from_secs(5));
 }
@@ -233,7 +237,7 @@ fn pause_waits_for_an_open_transaction_within_the_bound() {
         );
         let took = started.elapsed();
         assert_ok(&out, &stderr);
-        assert_eq!(summary(&stderr)["draining"], 1, "{stderr}");
+        assert_eq!(events::summary(&stderr)["draining"], 1, "{stderr}");
         assert!(
             took < Duration::from_secs(4),
             "before-stop waited for the transaction: {took:?}"
@@ -261,7 +265,7 @@ fn fan_out_to_two_pgbouncers_and_partial_reachability() {
     let (out, stderr) = before_stop(&view, &[&first, &second], &[]);
     assert_ok(&out, &stderr);
     assert!(first.is_paused() && second.is_paused(), "{stderr}");
-    assert_eq!(summary(&stderr)["paused"], 2, "{stderr}");
+    assert_eq!(events::summary(&stderr)["paused"], 2, "{stderr}");
     let (out, stderr) = run(on_role_change(&pg, &[&first, &second], &[]));
     assert_ok(&out, &stderr);
     assert!(!first.is_paused() && !second.is_paused(), "{stderr}");
@@ -271,7 +275,7 @@ fn fan_out_to_two_pgbouncers_and_partial_reachability() {
     second.kill();
     let (out, stderr) = before_stop(&view, &[&first], &["--pgbouncer", &down_url]);
     assert_ok(&out, &stderr);
-    assert_eq!(summary(&stderr)["failed"], 1, "{stderr}");
+    assert_eq!(events::summary(&stderr)["failed"], 1, "{stderr}");
     assert!(
         stderr.contains(&format!("127.0.0.1:{}", second.port)),
         "{stderr}"
@@ -285,7 +289,11 @@ fn fan_out_to_two_pgbouncers_and_partial_reachability() {
         Some(1),
         "a target that could not be resumed must show: {stderr}"
     );
-    assert_eq!(summary(&stderr)["outcome"], "partly resumed", "{stderr}");
+    assert_eq!(
+        events::summary(&stderr)["outcome"],
+        "partly resumed",
+        "{stderr}"
+    );
     assert!(!first.is_paused());
 }
 
@@ -337,7 +345,7 @@ fn wrong_password_unreachable_and_unresolvable_targets_are_clear_errors() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no-such-host.invalid"), "{stderr}");
     assert_eq!(
-        stderr.lines().filter(|l| l.contains("ERROR")).count(),
+        events::find(&stderr, &[("level", "ERROR")]).len(),
         1,
         "one error line per target: {stderr}"
     );
@@ -354,7 +362,19 @@ fn on_role_change_waits_for_promotion_before_resuming() {
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // The hook is told "in recovery" and asks again: it saw the standby and kept waiting.
+    let first = common::wait_until(
+        "on-role-change to ask whether Postgres is in recovery",
+        HOOK_TIMEOUT,
+        Duration::from_millis(10),
+        || Some(last_recovery_poll(&standby)).filter(|t| !t.is_empty()),
+    );
+    common::wait_until(
+        "on-role-change to ask again",
+        HOOK_TIMEOUT,
+        Duration::from_millis(10),
+        || (last_recovery_poll(&standby) != first).then_some(()),
+    );
     assert!(
         child.try_wait().unwrap().is_none(),
         "on-role-change returned while Postgres was still in recovery"
@@ -375,6 +395,15 @@ fn on_role_change_waits_for_promotion_before_resuming() {
     assert!(!pgb.is_paused(), "{stderr}");
 }
 
+/// When another session's last `SELECT pg_is_in_recovery()` on `pg` started, once it has its
+/// answer (the session idle); empty before that.
+fn last_recovery_poll(pg: &Postgres) -> String {
+    pg.psql(
+        "SELECT coalesce(max(query_start)::text, '') FROM pg_stat_activity \
+         WHERE query = 'SELECT pg_is_in_recovery()' AND state = 'idle' AND pid <> pg_backend_pid()",
+    )
+}
+
 #[test]
 fn a_standby_that_never_promotes_gets_no_resume() {
     let primary = Postgres::start_primary();
@@ -393,7 +422,11 @@ fn a_standby_that_never_promotes_gets_no_resume() {
         ],
     ));
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(summary(&stderr)["outcome"], "not resumed", "{stderr}");
+    assert_eq!(
+        events::summary(&stderr)["outcome"],
+        "not resumed",
+        "{stderr}"
+    );
     // The reason, in words, for the DBA who reads Patroni's log.
     assert!(stderr.contains("did not leave recovery"), "{stderr}");
     assert!(pgb.is_paused());
@@ -412,7 +445,11 @@ fn standby_leader_resumes_without_waiting_and_replica_does_nothing() {
         &["on_role_change", "replica", "demo"],
     ));
     assert_ok(&out, &stderr);
-    assert_eq!(summary(&stderr)["outcome"], "nothing to do", "{stderr}");
+    assert_eq!(
+        events::summary(&stderr)["outcome"],
+        "nothing to do",
+        "{stderr}"
+    );
     assert!(pgb.is_paused());
     let (out, stderr) = run(on_role_change(
         &standby,
@@ -492,7 +529,13 @@ fn the_safety_net_resumes_a_forgotten_pause() {
             "the safety net's log line",
             Duration::from_secs(5),
             Duration::from_millis(50),
-            || has_event(&read(&log), "safety-net", "resume").then_some(()),
+            || {
+                events::said(
+                    &read(&log),
+                    &[("event", "safety-net"), ("action", "resume")],
+                )
+                .then_some(())
+            },
         );
         assert!(!pgb.is_paused());
     }
@@ -511,18 +554,29 @@ fn the_safety_net_never_resumes_a_later_pause() {
         "the net to see the RESUME",
         Duration::from_secs(5),
         Duration::from_millis(50),
-        || has_event(&read(&log), "safety-net", "leave").then_some(()),
+        || events::said(&read(&log), &[("event", "safety-net"), ("action", "leave")]).then_some(()),
     );
-    // An unrelated pause after that: the net is gone and must not touch it.
+    // The net leaves: its process ends (long before its 3 s are up).
+    let armed = events::last(&read(&log), &[("event", "safety-net"), ("action", "armed")]);
+    let net = armed["pid"].as_i64().expect("the net's pid");
+    common::wait_until(
+        "the safety net's process to end",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || (!common::cluster::util::pid_alive(net)).then_some(()),
+    );
+    // An unrelated pause after that: nothing is left that could touch it.
     pgb.admin("PAUSE").unwrap();
-    std::thread::sleep(Duration::from_secs(4));
     assert!(
         pgb.is_paused(),
         "the safety net resumed a later pause: {}",
         read(&log)
     );
     assert!(
-        !has_event(&read(&log), "safety-net", "resume"),
+        !events::said(
+            &read(&log),
+            &[("event", "safety-net"), ("action", "resume")]
+        ),
         "{}",
         read(&log)
     );
@@ -544,7 +598,7 @@ fn a_callback_killed_mid_wait_still_resumes() {
         "the detached worker to start",
         Duration::from_secs(10),
         Duration::from_millis(20),
-        || has_event(&read(&log), "worker", "started").then_some(()),
+        || events::said(&read(&log), &[("event", "worker"), ("action", "started")]).then_some(()),
     );
     // What Patroni does when the next callback starts: SIGKILL the callback's whole group.
     common::signal(child.id(), "KILL");
@@ -561,14 +615,14 @@ fn a_callback_killed_mid_wait_still_resumes() {
         Duration::from_secs(30),
         Duration::from_millis(50),
         || {
-            events(&read(&log))
+            events::parse(&read(&log))
                 .iter()
                 .any(|e| e["event"] == "summary")
                 .then_some(())
         },
     );
     assert_eq!(
-        results(&read(&log), "RESUME"),
+        events::results(&read(&log), "RESUME"),
         ["resumed"],
         "{}",
         read(&log)
@@ -598,7 +652,11 @@ fn resume_while_a_pause_is_still_draining_leaves_nothing_stuck() {
             &["--pause-timeout", "500ms"],
         );
         assert_ok(&out, &stderr);
-        assert_eq!(results(&stderr, "PAUSE"), ["still draining"], "{stderr}");
+        assert_eq!(
+            events::results(&stderr, "PAUSE"),
+            ["still draining"],
+            "{stderr}"
+        );
         // ... and the new primary resumes while the PAUSE is still pending.
         let (out, stderr) = run(on_role_change(&pg, &[&pgb], &[]));
         assert_ok(&out, &stderr);
@@ -608,7 +666,11 @@ fn resume_while_a_pause_is_still_draining_leaves_nothing_stuck() {
         // A later PAUSE/RESUME cycle still works: nothing was left half-paused.
         let (out, stderr) = before_stop(&leader_view(&pgb.dir, "m1"), &[&pgb], &[]);
         assert_ok(&out, &stderr);
-        assert_eq!(results(&stderr, "PAUSE"), ["paused"], "{build:?}: {stderr}");
+        assert_eq!(
+            events::results(&stderr, "PAUSE"),
+            ["paused"],
+            "{build:?}: {stderr}"
+        );
         let (out, stderr) = run(on_role_change(&pg, &[&pgb], &[]));
         assert_ok(&out, &stderr);
         assert!(!pgb.is_paused());
@@ -623,7 +685,7 @@ fn check_reports_without_changing_anything() {
     let view = leader_view(&pgb.dir, "m1");
     let (out, stderr) = before_stop(&view, &[&pgb, &old], &["--check"]);
     assert_ok(&out, &stderr);
-    let said = events(&stderr);
+    let said = events::parse(&stderr);
     let any =
         |key: &str, pred: &dyn Fn(&serde_json::Value) -> bool| said.iter().any(|e| pred(&e[key]));
     let starts = |prefix: &'static str| {
@@ -634,11 +696,11 @@ fn check_reports_without_changing_anything() {
     assert!(any("pool_mode", &|v| v == "transaction"), "{stderr}");
     assert!(any("show_state", &|v| v == false), "{stderr}");
     assert!(any("role", &|v| v == "Leader"), "{stderr}");
-    assert_eq!(summary(&stderr)["outcome"], "ready", "{stderr}");
+    assert_eq!(events::summary(&stderr)["outcome"], "ready", "{stderr}");
     assert!(!pgb.is_paused() && !old.is_paused());
     let (out, stderr) = run(on_role_change(&pg, &[&pgb], &["--check"]));
     assert_ok(&out, &stderr);
-    let said = events(&stderr);
+    let said = events::parse(&stderr);
     assert!(said.iter().any(|e| e["role"] == "primary"), "{stderr}");
     // No --upstream, but server_login_retry = 1 (the harness's): said, not warned.
     assert!(
@@ -653,57 +715,29 @@ fn check_reports_without_changing_anything() {
     pgb.admin("PAUSE").unwrap();
     let (out, stderr) = before_stop(&view, &[&pgb], &["--check"]);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(summary(&stderr)["outcome"], "not ready", "{stderr}");
+    assert_eq!(events::summary(&stderr)["outcome"], "not ready", "{stderr}");
     assert!(stderr.contains("paused=true"), "{stderr}");
     assert!(pgb.is_paused(), "--check must not change anything");
     pgb.admin("RESUME").unwrap();
 }
 
-/// Whether a process whose command line contains `pattern` still runs.
+/// Whether a process whose command line contains `pattern` still runs. A pgrep that cannot
+/// run, or fails (exit 2 or more), is a failure, not a "no".
 fn pgrep(pattern: &str) -> bool {
-    Command::new("pgrep")
+    let out = Command::new("pgrep")
         .args(["-f", pattern])
         .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+        .unwrap_or_else(|e| panic!("pgrep (procps, installed by scripts/setup): {e}"));
+    match out.status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        _ => panic!("pgrep -f {pattern:?}: {out:?}"),
+    }
 }
 
 /// Something unique to the hooks started against `pg`: its URL.
 fn log_pattern(pg: &Postgres) -> String {
     format!("on-role-change.*{}", pg.port)
-}
-
-/// The JSON events of a hook run with `--log-format json`.
-fn events(stderr: &str) -> Vec<serde_json::Value> {
-    stderr
-        .lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect()
-}
-
-/// The summary event of a run.
-fn summary(stderr: &str) -> serde_json::Value {
-    events(stderr)
-        .into_iter()
-        .rev()
-        .find(|e| e["event"] == "summary")
-        .unwrap_or_else(|| panic!("no summary event in:\n{stderr}"))
-}
-
-/// The `result` of every per-PgBouncer event for `command` (PAUSE, RESUME), in order.
-fn results(stderr: &str, command: &str) -> Vec<String> {
-    events(stderr)
-        .into_iter()
-        .filter(|e| e["command"] == command)
-        .filter_map(|e| e["result"].as_str().map(str::to_string))
-        .collect()
-}
-
-/// Whether the log holds an event `event` with `action`.
-fn has_event(text: &str, event: &str, action: &str) -> bool {
-    events(text)
-        .iter()
-        .any(|e| e["event"] == event && e["action"] == action)
 }
 
 /// A TCP proxy to `backend` that forwards every connection, except that it cuts one (both
@@ -774,7 +808,7 @@ fn a_pause_whose_answer_was_cut_off_still_arms_the_net() {
     let log = pgb.dir.join("before-stop-cut.log");
     let json = ["--log-format", "json"];
     let status = before_stop_with_net(&pgb, &proxy.admin_url(), "4s", &json, &log);
-    let done = summary(&read(&log));
+    let done = events::summary(&read(&log));
     assert!(status.success(), "{}", read(&log));
     assert_eq!(done["uncertain"], 1, "{done}");
     assert_eq!(done["failed"], 0, "{done}");
@@ -823,9 +857,12 @@ fn without_fork_the_callback_resumes_in_its_own_process() {
     .current_dir("/");
     let (out, stderr) = run(cmd);
     assert_ok(&out, &stderr);
-    let done = summary(&stderr);
+    let done = events::summary(&stderr);
     assert_eq!(done["outcome"], "resumed", "{done}");
-    assert!(has_event(&stderr, "worker", "in-process"), "{stderr}");
+    assert!(
+        events::said(&stderr, &[("event", "worker"), ("action", "in-process")]),
+        "{stderr}"
+    );
     assert!(!pgb.is_paused(), "{stderr}");
 }
 
@@ -834,6 +871,8 @@ fn a_stale_route_resumes_only_if_this_member_is_still_primary() {
     let mut local = Postgres::start_primary();
     // Another cluster altogether: the route never reaches `local`.
     let elsewhere = Postgres::start_primary();
+    let route = SwitchProxy::start(0, elsewhere.port);
+    let upstream = format!("postgresql://postgres@127.0.0.1:{}/postgres", route.port);
     let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", local.port);
     let _mark = hooks_pause(&pgb, "test@1");
     let cmd = on_role_change(
@@ -841,9 +880,9 @@ fn a_stale_route_resumes_only_if_this_member_is_still_primary() {
         &[&pgb],
         &[
             "--upstream",
-            &elsewhere.url(),
+            &upstream,
             "--route-timeout",
-            "2s",
+            "5s",
             "--no-detach",
             "--log-format",
             "json",
@@ -853,8 +892,14 @@ fn a_stale_route_resumes_only_if_this_member_is_still_primary() {
         ],
     );
     let mut hook = common::spawn_bg(cmd);
-    std::thread::sleep(Duration::from_millis(700));
-    // This member goes away while its route is still stale.
+    // The hook asks the route, finds another cluster, asks again...
+    common::wait_until(
+        "on-role-change to ask the route twice",
+        HOOK_TIMEOUT,
+        Duration::from_millis(5),
+        || (route.accepted() >= 2).then_some(()),
+    );
+    // ... and this member goes away while its route is still stale.
     local.stop();
     let out = hook
         .wait_timeout(HOOK_TIMEOUT)
@@ -862,7 +907,11 @@ fn a_stale_route_resumes_only_if_this_member_is_still_primary() {
         .clone();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(summary(&stderr)["outcome"], "not resumed", "{stderr}");
+    assert_eq!(
+        events::summary(&stderr)["outcome"],
+        "not resumed",
+        "{stderr}"
+    );
     assert!(
         pgb.is_paused(),
         "resumed although this member is gone: {stderr}"
@@ -925,7 +974,11 @@ fn a_promotion_wait_whose_login_is_refused_backs_off() {
     cmd.env("PGCONNECT_TIMEOUT", "2");
     let (out, stderr) = run(cmd);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(summary(&stderr)["outcome"], "not resumed", "{stderr}");
+    assert_eq!(
+        events::summary(&stderr)["outcome"],
+        "not resumed",
+        "{stderr}"
+    );
     let logins = pg.log().matches(refused).count() - before;
     // 10 ms, doubling to 1 s: about 9 tries in 3 s (it was one every ~15 ms, 200 in 3 s).
     assert!((2..=12).contains(&logins), "{logins} failed logins in 3 s");
@@ -941,7 +994,9 @@ fn check_warns_when_a_late_route_would_cost_server_login_retry() {
         args.extend_from_slice(extra);
         let (out, stderr) = run(on_role_change(&pg, &[&pgb], &args));
         assert_ok(&out, &stderr);
-        events(&stderr).iter().any(|e| e["warning"] == "late-route")
+        events::parse(&stderr)
+            .iter()
+            .any(|e| e["warning"] == "late-route")
     };
     assert!(
         warned(&[]),
@@ -960,6 +1015,8 @@ fn check_warns_when_a_late_route_would_cost_server_login_retry() {
 struct SwitchProxy {
     port: u16,
     target: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    /// Connections accepted so far.
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SwitchProxy {
@@ -970,9 +1027,12 @@ impl SwitchProxy {
         let port = listener.local_addr().unwrap().port();
         let shared = std::sync::Arc::new(AtomicU16::new(target));
         let current = shared.clone();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().take(500) {
                 let Ok(client) = client else { return };
+                counter.fetch_add(1, Ordering::SeqCst);
                 let to = current.load(Ordering::SeqCst);
                 let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
                     continue;
@@ -991,7 +1051,12 @@ impl SwitchProxy {
         SwitchProxy {
             port,
             target: shared,
+            accepted,
         }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn switch_to(&self, port: u16) {
@@ -1016,7 +1081,7 @@ fn watchdog(pgb: &PgBouncer, extra: &[&str], log: &std::path::Path) -> std::proc
 }
 
 fn watchdog_resumes(log: &std::path::Path) -> Vec<serde_json::Value> {
-    events(&read(log))
+    events::parse(&read(log))
         .into_iter()
         .filter(|e| e["event"] == "watchdog" && e["action"] == "resume")
         .collect()
@@ -1112,7 +1177,7 @@ fn a_resume_that_cannot_reach_pgbouncer_at_first_is_tried_again() {
     let pg = Postgres::start_primary();
     let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
     let _mark = hooks_pause(&pgb, "test@1");
-    // The admin console's address refuses connections for the first second.
+    // The admin console's address refuses connections until the first RESUME failed.
     let port = common::free_port();
     let url = format!(
         "postgresql://{}@127.0.0.1:{port}/pgbouncer",
@@ -1136,16 +1201,30 @@ fn a_resume_that_cannot_reach_pgbouncer_at_first_is_tried_again() {
         ],
         PgBouncer::ADMIN_PASSWORD,
     );
-    let mut callback = common::spawn_bg(cmd);
-    std::thread::sleep(Duration::from_secs(1));
+    let log = pgb.dir.join("on-role-change.log");
+    let mut callback = spawn_logged(cmd, &log);
+    common::wait_until(
+        "a RESUME that failed and is tried again",
+        HOOK_TIMEOUT,
+        Duration::from_millis(10),
+        || {
+            events::said(
+                &read(&log),
+                &[("command", "RESUME"), ("result", "retrying")],
+            )
+            .then_some(())
+        },
+    );
     let _proxy = SwitchProxy::start(port, pgb.port);
-    let out = callback
-        .wait_timeout(HOOK_TIMEOUT)
-        .expect("on-role-change")
-        .clone();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert_eq!(summary(&stderr)["outcome"], "resumed", "{stderr}");
+    let status = common::wait_until(
+        "on-role-change",
+        HOOK_TIMEOUT,
+        Duration::from_millis(20),
+        || callback.try_wait().unwrap(),
+    );
+    let stderr = read(&log);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(events::summary(&stderr)["outcome"], "resumed", "{stderr}");
     assert!(!pgb.is_paused(), "{stderr}");
 }
 
@@ -1220,7 +1299,7 @@ fn wait_event(
         Duration::from_secs(15),
         Duration::from_millis(20),
         || {
-            events(&read(log))
+            events::parse(&read(log))
                 .into_iter()
                 .find(|e| e["event"] == "watchdog" && e["action"] == action && also(e))
         },
@@ -1253,9 +1332,16 @@ fn a_dba_s_pause_survives_the_hooks_their_net_and_the_watchdog() {
     let view = leader_view(&pgb.dir, "m1");
     let (out, stderr) = before_stop(&view, &[&pgb], &["--max-pause", "1s"]);
     assert_ok(&out, &stderr);
-    assert_eq!(results(&stderr, "PAUSE"), ["left alone"], "{stderr}");
-    assert_eq!(summary(&stderr)["left_alone"], 1, "{stderr}");
-    assert!(!has_event(&stderr, "safety-net", "armed"), "{stderr}");
+    assert_eq!(
+        events::results(&stderr, "PAUSE"),
+        ["left alone"],
+        "{stderr}"
+    );
+    assert_eq!(events::summary(&stderr)["left_alone"], 1, "{stderr}");
+    assert!(
+        !events::said(&stderr, &[("event", "safety-net"), ("action", "armed")]),
+        "{stderr}"
+    );
     // ... and on-role-change on the new primary does not RESUME it.
     let (out, stderr) = run(on_role_change(
         &pg,
@@ -1263,8 +1349,12 @@ fn a_dba_s_pause_survives_the_hooks_their_net_and_the_watchdog() {
         &["--no-detach", "on_role_change", "primary", "demo"],
     ));
     assert_ok(&out, &stderr);
-    assert_eq!(results(&stderr, "RESUME"), ["left alone"], "{stderr}");
-    assert_eq!(summary(&stderr)["left_alone"], 1, "{stderr}");
+    assert_eq!(
+        events::results(&stderr, "RESUME"),
+        ["left alone"],
+        "{stderr}"
+    );
+    assert_eq!(events::summary(&stderr)["left_alone"], 1, "{stderr}");
     // Twice --max-pause later (and with the route reaching the primary all along): still
     // paused, nobody resumed it. Waiting for an absence takes the time it names.
     std::thread::sleep(Duration::from_millis(2500));
@@ -1327,13 +1417,23 @@ fn an_operator_s_hold_keeps_a_hooks_pause_until_the_hold_ends() {
         &["--no-detach", "on_role_change", "primary", "demo"],
     ));
     assert_ok(&out, &stderr);
-    assert_eq!(results(&stderr, "RESUME"), ["left alone"], "{stderr}");
+    assert_eq!(
+        events::results(&stderr, "RESUME"),
+        ["left alone"],
+        "{stderr}"
+    );
     // The net's deadline passes: it leaves the held pause alone.
     common::wait_until(
         "the net's deadline",
         Duration::from_secs(10),
         Duration::from_millis(50),
-        || has_event(&read(&net_log), "safety-net", "left-alone").then_some(()),
+        || {
+            events::said(
+                &read(&net_log),
+                &[("event", "safety-net"), ("action", "left-alone")],
+            )
+            .then_some(())
+        },
     );
     std::thread::sleep(Duration::from_millis(1500));
     assert!(pgb.is_paused(), "a held pause was ended: {}", read(&log));
@@ -1446,7 +1546,7 @@ fn the_watchdog_says_what_it_cannot_see_once_and_its_probes_fail() {
                 .filter(|n| *n >= 10.0)
         },
     );
-    let failing: Vec<_> = events(&read(&log))
+    let failing: Vec<_> = events::parse(&read(&log))
         .into_iter()
         .filter(|e| e["event"] == "watchdog" && e["action"] == "failing")
         .collect();
@@ -1474,16 +1574,16 @@ fn the_watchdog_says_what_it_cannot_see_once_and_its_probes_fail() {
     };
     let (out, stderr) = check("not-the-password");
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let errors: Vec<_> = events(&stderr)
+    let errors: Vec<_> = events::parse(&stderr)
         .into_iter()
         .filter(|e| e["level"] == "ERROR")
         .collect();
     assert_eq!(errors.len(), 1, "{stderr}");
     assert_eq!(errors[0]["kind"], "admin", "{stderr}");
-    assert_eq!(summary(&stderr)["outcome"], "not ready", "{stderr}");
+    assert_eq!(events::summary(&stderr)["outcome"], "not ready", "{stderr}");
     let (out, stderr) = check(PgBouncer::ADMIN_PASSWORD);
     assert_ok(&out, &stderr);
-    assert_eq!(summary(&stderr)["outcome"], "ready", "{stderr}");
+    assert_eq!(events::summary(&stderr)["outcome"], "ready", "{stderr}");
 }
 
 #[test]

@@ -1,17 +1,19 @@
 //! `on-role-change --upstream`: RESUME only once PgBouncer's own route reaches the new
 //! primary. Real Postgres primary + standby and a real PgBouncer, with a small TCP proxy of
 //! this file's own between PgBouncer and the cluster playing the read-write Service that
-//! follows a switchover late: for [`ROUTE_DELAY`] after the promotion it still forwards to
-//! the old (stopped) primary, so PgBouncer's login there fails; then it forwards to the new
-//! one. PgBouncer runs with its DEFAULT `server_login_retry` (15 s) here.
+//! follows a switchover late: it still forwards to the old (stopped) primary, so PgBouncer's
+//! login there fails, until the test switches it to the new one. PgBouncer runs with its
+//! DEFAULT `server_login_retry` (15 s) here.
 //!
-//! With `--upstream <proxy>` the held transaction completes within 0.5 s of the route's
-//! delay and no client sees an error; without it, PgBouncer is RESUMEd while the route is
+//! With `--upstream <proxy>` the held transaction completes within [`SLACK`] of the route's
+//! switch and no client sees an error; without it, PgBouncer is RESUMEd while the route is
 //! stale, its first login fails, the queued transaction waits out `server_login_retry`,
 //! and clients arriving meanwhile are refused with an error.
 //!
-//! Times count from the moment the new primary left recovery, so a slow `pg_ctl promote`
-//! on a busy machine does not blur them. `PPH_ROUTE_RUNS=N` repeats each scenario N times;
+//! No step waits a fixed time for another: each waits, bounded, for the state it needs (the
+//! hook asked the stale route or ended, a client queued or ended), so a slow machine
+//! stretches the scene instead of breaking it. Times count from the moment the new primary
+//! left recovery, so a slow `pg_ctl promote` does not blur them. `PPH_ROUTE_RUNS=N` repeats each scenario N times;
 //! with `--include-ignored --nocapture` that gives the numbers in docs/route.md.
 
 use pph_support as common;
@@ -25,20 +27,19 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{PgBouncer, PgBouncerBuild, Postgres};
+use common::{events, PgBouncer, PgBouncerBuild, Postgres};
 
-/// How long after the promotion the proxy still routes to the old primary.
+/// The route stays stale at least this long after the promotion (longer if the scene
+/// takes longer to set on a slow machine).
 const ROUTE_DELAY: Duration = Duration::from_secs(2);
-/// Allowed on top of the route's delay with `--upstream`.
+/// Allowed between the route's switch and the end of the held transaction with `--upstream`.
 const SLACK: Duration = Duration::from_millis(500);
 /// PgBouncer's default `server_login_retry`.
 const DEFAULT_LOGIN_RETRY_S: u64 = 15;
 /// A transaction through PgBouncer is given this long to finish after the promotion.
 const CLIENT_BOUND: Duration = Duration::from_secs(25);
-/// Clients that arrive after the promotion: while the route is still stale, and after it
-/// switched.
-const EARLY_CLIENT_AT: Duration = Duration::from_millis(500);
-const LATE_CLIENT_AT: Duration = Duration::from_secs(3);
+/// The bound of each step of the scene (the hook asking the route, a client queuing).
+const STEP_BOUND: Duration = Duration::from_secs(20);
 
 // ------------------------------------------------------------------ the proxy
 
@@ -230,8 +231,13 @@ struct Outcome {
     /// The transaction queued during PAUSE: when it ended (the stall), and its result.
     held: Duration,
     held_result: Result<String, String>,
-    /// A transaction starting at [`EARLY_CLIENT_AT`] (route still stale) and one at
-    /// [`LATE_CLIENT_AT`] (route switched): how long each took, and its result.
+    /// When the route switched to the new primary.
+    switched: Duration,
+    /// A transaction arriving while the route is stale (after the hook asked it, or, without
+    /// `--upstream`, ended), and one after the route switched and the hook ended: when each
+    /// arrived, how long it took, and its result.
+    early_at: Duration,
+    late_at: Duration,
     early: Duration,
     early_result: Result<String, String>,
     late: Duration,
@@ -308,8 +314,9 @@ impl Promotion {
 
 /// Old primary A, standby B; PgBouncer -> proxy -> A. PAUSE, a transaction queues, A stops,
 /// B is promoted, on-role-change starts right after `pg_ctl promote` (with `--upstream
-/// <proxy>` or without), and the proxy keeps routing to the stopped A until
-/// [`ROUTE_DELAY`] after B left recovery. PgBouncer has `server_login_retry = login_retry`.
+/// <proxy>` or without). The proxy keeps routing to the stopped A until the stale route has
+/// been seen (see [`Scene`]), and at least [`ROUTE_DELAY`] after B left recovery.
+/// PgBouncer has `server_login_retry = login_retry`.
 fn switchover(build: PgBouncerBuild, with_upstream: bool, login_retry: u64) -> Outcome {
     let mut a = Postgres::start_primary();
     let b = Postgres::start_standby(&a);
@@ -323,7 +330,7 @@ fn switchover(build: PgBouncerBuild, with_upstream: bool, login_retry: u64) -> O
     // before-stop's part, then the leader stops.
     pgb.admin("PAUSE").unwrap_or_else(|e| panic!("PAUSE: {e}"));
     let tx = "INSERT INTO public.t (v) VALUES ('route'); SELECT inet_server_port()";
-    let mut held = common::spawn_psql(&pgb.app_url(), tx);
+    let held = common::spawn_psql(&pgb.app_url(), tx);
     a.stop_fast();
 
     let before = proxy.counts();
@@ -342,50 +349,67 @@ fn switchover(build: PgBouncerBuild, with_upstream: bool, login_retry: u64) -> O
         let upstream = format!("postgresql://postgres@127.0.0.1:{}/postgres", proxy.port);
         hook.args(["--upstream", &upstream]);
     }
-    let mut hook = common::spawn_bg(hook);
+    let hook = common::spawn_bg(hook);
     let t0 = promotion.wait();
-    proxy.switch_at(t0 + ROUTE_DELAY, b.port);
+    let mut scene = Scene::new(t0, held, hook);
 
-    // (start after t0, the client once started, its duration once finished)
-    let mut arrivals: [(Duration, Option<common::BgClient>, Option<Duration>); 2] =
-        [(EARLY_CLIENT_AT, None, None), (LATE_CLIENT_AT, None, None)];
-    let (mut held_at, mut hook_at) = (None, None);
-    while t0.elapsed() < CLIENT_BOUND {
-        if held_at.is_none() && held.is_finished() {
-            held_at = Some(t0.elapsed());
-        }
-        if hook_at.is_none() && hook.is_finished() {
-            hook_at = Some(t0.elapsed());
-        }
-        for (at, client, took) in arrivals.iter_mut() {
-            if client.is_none() && t0.elapsed() >= *at {
-                *client = Some(common::spawn_psql(&pgb.app_url(), tx));
-            }
-            if let Some(c) = client.as_mut() {
-                if took.is_none() && c.is_finished() {
-                    *took = Some(c.started.elapsed());
-                }
-            }
-        }
-        if held_at.is_some() && hook_at.is_some() && arrivals.iter().all(|a| a.2.is_some()) {
-            break;
-        }
-        thread::sleep(Duration::from_millis(5));
+    // 1. The hook meets the stale route: with --upstream it asks it (PgBouncer is paused, so
+    //    a connection the proxy sends to A is the hook's); without, it RESUMEs and ends.
+    if with_upstream {
+        scene.wait("on-role-change to ask the stale route", STEP_BOUND, |_| {
+            proxy.counts().0 > before.0
+        });
+    } else {
+        scene.wait("on-role-change to end", STEP_BOUND, |s| s.hook_at.is_some());
     }
-    let hook_out = hook.wait_timeout(Duration::ZERO).cloned();
-    let [early, late] = arrivals.map(|(_, client, took)| {
-        let mut client = client.expect("client started");
-        let took = took.unwrap_or(client.started.elapsed());
-        (took, result_of(client.wait_timeout(Duration::ZERO)))
+    // 2. A client arrives while the route is stale: it queues behind the PAUSE, or is
+    //    turned away.
+    let early = scene.arrive(common::spawn_psql(&pgb.app_url(), tx));
+    scene.wait("the early client to queue or end", STEP_BOUND, |s| {
+        s.clients[early].2.is_some() || cl_waiting(&pgb) >= 2
     });
+    // 3. The route follows the promotion.
+    let switch = (t0 + ROUTE_DELAY).max(Instant::now());
+    proxy.switch_at(switch, b.port);
+    // 4. A client arrives after the switch, once the hook has ended.
+    scene.wait("on-role-change to end", STEP_BOUND, |s| {
+        s.hook_at.is_some() && Instant::now() >= switch
+    });
+    let late = scene.arrive(common::spawn_psql(&pgb.app_url(), tx));
+    // 5. Every client ends (or the bound says how long it waited).
+    let _ = scene.settle(CLIENT_BOUND, |s| {
+        s.held_at.is_some() && s.clients.iter().all(|c| c.2.is_some())
+    });
+
+    let Scene {
+        mut held,
+        held_at,
+        mut hook,
+        hook_at,
+        clients,
+        ..
+    } = scene;
+    let hook_out = hook.wait_timeout(Duration::ZERO).cloned();
+    let mut clients: Vec<_> = clients
+        .into_iter()
+        .map(|(at, mut client, took)| {
+            let took = took.unwrap_or(client.started.elapsed());
+            (at, took, result_of(client.wait_timeout(Duration::ZERO)))
+        })
+        .collect();
+    let late = clients.remove(late);
+    let early = clients.remove(early);
     Outcome {
         promotion: t0 - promote,
         held: held_at.unwrap_or(CLIENT_BOUND),
         held_result: result_of(held.wait_timeout(Duration::ZERO)),
-        early: early.0,
-        early_result: early.1,
-        late: late.0,
-        late_result: late.1,
+        switched: switch - t0,
+        early_at: early.0,
+        late_at: late.0,
+        early: early.1,
+        early_result: early.2,
+        late: late.1,
+        late_result: late.2,
         hook_ok: hook_out.as_ref().is_some_and(|o| o.status.success()),
         hook_done: hook_at.unwrap_or(CLIENT_BOUND),
         hook_stderr: hook_out
@@ -396,6 +420,91 @@ fn switchover(build: PgBouncerBuild, with_upstream: bool, login_retry: u64) -> O
             (after.0 - before.0, after.1 - before.1)
         },
         pgbouncer_log: pgb.log(),
+    }
+}
+
+/// Clients waiting in PgBouncer's pool `app` (`SHOW POOLS`' `cl_waiting`).
+fn cl_waiting(pgb: &PgBouncer) -> u32 {
+    pgb.app_pool()
+        .into_iter()
+        .find(|(k, _)| k == "cl_waiting")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The processes of one switchover and when each ended, counted from `t0`, the end of the
+/// promotion. Every wait polls all of them, so an end is seen within a poll, whatever step
+/// the scene is at.
+struct Scene {
+    t0: Instant,
+    held: common::BgClient,
+    held_at: Option<Duration>,
+    hook: common::BgClient,
+    hook_at: Option<Duration>,
+    /// (arrived after t0, the client, how long it took once ended)
+    clients: Vec<(Duration, common::BgClient, Option<Duration>)>,
+}
+
+impl Scene {
+    const POLL: Duration = Duration::from_millis(5);
+
+    fn new(t0: Instant, held: common::BgClient, hook: common::BgClient) -> Scene {
+        Scene {
+            t0,
+            held,
+            held_at: None,
+            hook,
+            hook_at: None,
+            clients: Vec::new(),
+        }
+    }
+
+    fn poll(&mut self) {
+        let now = self.t0.elapsed();
+        if self.held_at.is_none() && self.held.is_finished() {
+            self.held_at = Some(now);
+        }
+        if self.hook_at.is_none() && self.hook.is_finished() {
+            self.hook_at = Some(now);
+        }
+        for (_, client, took) in self.clients.iter_mut() {
+            if took.is_none() && client.is_finished() {
+                *took = Some(client.started.elapsed());
+            }
+        }
+    }
+
+    /// A client arrives now; its index in `clients`.
+    fn arrive(&mut self, client: common::BgClient) -> usize {
+        self.clients.push((self.t0.elapsed(), client, None));
+        self.clients.len() - 1
+    }
+
+    /// Polls until `done`, at most `bound`; whether it came.
+    fn settle(&mut self, bound: Duration, mut done: impl FnMut(&Scene) -> bool) -> bool {
+        let deadline = Instant::now() + bound;
+        loop {
+            self.poll();
+            if done(self) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Self::POLL);
+        }
+    }
+
+    /// Polls until `done`; panics, naming `what`, after `bound`.
+    fn wait(&mut self, what: &str, bound: Duration, done: impl FnMut(&Scene) -> bool) {
+        if !self.settle(bound, done) {
+            let hook = self
+                .hook
+                .wait_timeout(Duration::ZERO)
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .unwrap_or_else(|| "still running".into());
+            panic!("waited {bound:?} for {what}; on-role-change: {hook}");
+        }
     }
 }
 
@@ -416,13 +525,16 @@ fn short(r: &Result<String, String>) -> String {
 
 fn report(build: PgBouncerBuild, with_upstream: bool, login_retry: u64, o: &Outcome) {
     eprintln!(
-        "[route] {build:?} {} server_login_retry={login_retry}: promotion {:.2}s, then: held {:.2}s {} | early {:.2}s {} | late {:.2}s {} | hook done at {:.2}s | proxied old/new {:?}",
+        "[route] {build:?} {} server_login_retry={login_retry}: promotion {:.2}s, then: held {:.2}s {} | early at {:.2}s took {:.2}s {} | route switched at {:.2}s | late at {:.2}s took {:.2}s {} | hook done at {:.2}s | proxied old/new {:?}",
         if with_upstream { "--upstream   " } else { "no --upstream" },
         o.promotion.as_secs_f64(),
         o.held.as_secs_f64(),
         short(&o.held_result),
+        o.early_at.as_secs_f64(),
         o.early.as_secs_f64(),
         short(&o.early_result),
+        o.switched.as_secs_f64(),
+        o.late_at.as_secs_f64(),
         o.late.as_secs_f64(),
         short(&o.late_result),
         o.hook_done.as_secs_f64(),
@@ -444,21 +556,29 @@ fn late_route_makes_the_difference(build: PgBouncerBuild) {
             )
         };
         assert!(with.hook_ok, "on-role-change failed: {}", context());
-        assert!(route_said(&with.hook_stderr, "reached"), "{}", context());
+        assert!(
+            events::said(
+                &with.hook_stderr,
+                &[("event", "route"), ("action", "reached")]
+            ),
+            "{}",
+            context()
+        );
         assert!(
             with.held_result.is_ok(),
             "--upstream: the held transaction failed: {}",
             context()
         );
         assert!(
-            with.held >= ROUTE_DELAY,
+            with.held >= with.switched,
             "RESUMEd before the route switched?! {}",
             context()
         );
         assert!(
-            with.held <= ROUTE_DELAY + SLACK,
-            "--upstream: stall {:?} is more than {SLACK:?} past the route's delay {ROUTE_DELAY:?}: {}",
+            with.held <= with.switched + SLACK,
+            "--upstream: stall {:?} is more than {SLACK:?} past the route's switch at {:?}: {}",
             with.held,
+            with.switched,
             context()
         );
         assert!(
@@ -487,12 +607,8 @@ fn late_route_makes_the_difference(build: PgBouncerBuild) {
             )
         };
         assert!(without.hook_ok, "on-role-change failed: {}", context());
-        // The scenario itself: RESUME went out while the route was still stale.
-        assert!(
-            without.hook_done < ROUTE_DELAY,
-            "promotion took longer than the route's delay; the scenario proves nothing: {}",
-            context()
-        );
+        // The scenario itself: RESUME went out while the route was still stale (the route
+        // switches only after the hook ended, see `switchover`).
         // What PgBouncer (1.18 and 1.24 alike) does: its first login after RESUME failed,
         // so the queued transaction waits out server_login_retry, and a client arriving
         // meanwhile is turned away at once.
@@ -578,19 +694,17 @@ fn the_route_check_recognises_this_member() {
         (&standby, ["on_start", "standby_leader", "demo"]),
     ] {
         let (took, stderr) = direct_route(member, &pgb, &callback);
-        assert!(route_said(&stderr, "reached"), "{callback:?}: {stderr}");
-        assert!(!route_said(&stderr, "stale"), "{callback:?}: {stderr}");
+        assert!(
+            events::said(&stderr, &[("event", "route"), ("action", "reached")]),
+            "{callback:?}: {stderr}"
+        );
+        assert!(
+            !events::said(&stderr, &[("event", "route"), ("action", "stale")]),
+            "{callback:?}: {stderr}"
+        );
         assert!(
             took < Duration::from_secs(2),
             "{callback:?} took {took:?}: {stderr}"
         );
     }
-}
-
-/// Whether on-role-change's JSON log has a route event with `action` (reached, stale).
-fn route_said(stderr: &str, action: &str) -> bool {
-    stderr
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .any(|e| e["event"] == "route" && e["action"] == action)
 }

@@ -5,6 +5,8 @@
 //!
 //! A library crate of its own (a dev-dependency), so it is compiled once for every test
 //! file: `use pph_support as common;`. Machine prerequisites come from `scripts/setup`.
+//! What the hooks say is read with [`events`], the one parser of their JSON log lines; a test
+//! that does not run says so with [`skipped`].
 //!
 //! * Servers run as user `postgres` when the tests run as root (initdb/postgres refuse
 //!   root, PgBouncer too): `setpriv --reuid=postgres --regid=postgres --init-groups
@@ -26,6 +28,7 @@
 //! and the benchmark's `PPH_BENCH_*`.
 
 pub mod cluster;
+pub mod events;
 pub mod foreign;
 
 use std::fmt::Write as _;
@@ -65,6 +68,14 @@ pub fn bin(name: &str) -> PathBuf {
 pub mod process;
 pub mod session;
 pub use process::*;
+
+/// Says that `test` did not run, and why: `SKIPPED: <test> (<reason>)` on stderr. Written to
+/// stderr itself, not through `eprintln!`, so that the test runner's output capture does not
+/// swallow it: `cargo test` still counts the test as passed, and this line is what tells.
+pub fn skipped(test: &str, reason: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {test} ({reason})");
+}
 
 // ------------------------------------------------------------------ plumbing
 

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use super::util::*;
 use super::workload::{Pgbench, PgbenchResult, Probe, ProbeResult};
-use super::{fell_back, hook_summaries, Cluster, Hooks, ViewSource};
+use super::{fell_back, Cluster, Hooks, ViewSource};
+use crate::events;
 
 #[derive(Debug, Clone, Default)]
 pub struct HookRun {
@@ -181,14 +182,14 @@ pub fn switchover_run(c: &mut Cluster, hooks: Hooks, secs: u64, warmup: Duration
         let tm = &c.members[ti];
         let log_from = tail_from(&fm.patroni_log(), offs[fi].0);
         let log_to = tail_from(&tm.patroni_log(), offs[ti].0);
-        let stopped = hook_summaries(&log_from, "before-stop");
+        let stopped = events::summaries(&log_from, "before-stop");
         if let Some(e) = stopped.first() {
             st.before_stop.total_ms = e["total_ms"].as_f64();
             st.before_stop.read_view_ms = e["read_view_ms"].as_f64();
             st.before_stop.summary = e.to_string();
         }
         st.rest_fallback = stopped.iter().any(fell_back);
-        if let Some(e) = hook_summaries(&log_to, "on-role-change")
+        if let Some(e) = events::summaries(&log_to, "on-role-change")
             .into_iter()
             .find(|e| e["decision"] == "Resume")
         {

@@ -26,15 +26,6 @@ pub const ADMIN_PASSWORD: &str = "admin-secret";
 pub const SUPER_PASSWORD: &str = "super-secret";
 pub const REPL_PASSWORD: &str = "repl-secret";
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-/// The hooks' summary events (`event=summary`, docs/reference.md) of `hook` in `text` (a
-/// Patroni log: the hooks log JSON there, `HOOKS_LOG_FORMAT=json`), in order.
-pub fn hook_summaries(text: &str, hook: &str) -> Vec<serde_json::Value> {
-    text.lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line.trim()).ok())
-        .filter(|e| e["event"] == "summary" && e["hook"] == hook)
-        .collect()
-}
-
 /// Whether `PPH_PATRONI` (3, 4, or both when unset) asks for scenarios on this Patroni.
 pub fn wants(patroni: u8) -> bool {
     match std::env::var("PPH_PATRONI")
@@ -45,6 +36,28 @@ pub fn wants(patroni: u8) -> bool {
         "4" => patroni == 4,
         _ => true,
     }
+}
+
+/// Whether the scenario `label` (its test's name, `-` for `_`) runs on Patroni `patroni`, as
+/// `PPH_PATRONI` asks ([`wants`]). When it does not, the scenario says so instead of passing
+/// in silence: `SKIPPED: ...` on stderr ([`crate::skipped`]) and a `SKIPPED` line in its result
+/// file (so an older run's RESULT there is not taken for this run's).
+pub fn runs(label: &str, patroni: u8) -> bool {
+    if wants(patroni) {
+        return true;
+    }
+    let label = label.replace('_', "-");
+    let reason = format!(
+        "PPH_PATRONI={} leaves out Patroni {patroni}",
+        std::env::var("PPH_PATRONI").unwrap_or_default()
+    );
+    crate::skipped(&format!("{label} patroni{patroni}"), &reason);
+    record_result(
+        &label,
+        patroni,
+        &format!("SKIPPED {label} patroni{patroni}: {reason}"),
+    );
+    false
 }
 
 /// Prints a scenario's RESULT line and keeps it in `target/e2e/<label>-p<patroni>.txt`.
@@ -1224,7 +1237,7 @@ ignore_startup_parameters = extra_float_digits
         self.members
             .iter()
             .flat_map(|m| {
-                hook_summaries(&read(&m.patroni_log()), "before-stop")
+                crate::events::summaries(&read(&m.patroni_log()), "before-stop")
                     .into_iter()
                     .filter(fell_back)
                     .map(|e| format!("{}: {e}", m.name))
@@ -1515,11 +1528,6 @@ pub fn watchdog_args(admin_url: &str, upstream: &str, max_pause: Duration) -> Ve
         "--max-pause".into(),
         format!("{}ms", max_pause.as_millis()),
     ]
-}
-
-/// Does this build have the watchdog (`pgbouncer-watchdog`)?
-pub fn watchdog_available() -> bool {
-    hooks_dir().is_ok_and(|dir| dir.join("pgbouncer-watchdog").is_file())
 }
 
 /// A postmaster runs on this data directory (postmaster.pid names a live process whose
