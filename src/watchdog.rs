@@ -332,7 +332,10 @@ async fn watch(settings: &Settings, shared: Shared) -> Result<()> {
     );
     let mut watched: Vec<Watched> = Vec::new();
     let mut resolved_at: Option<Instant> = None;
-    let mut route = Route::new(settings.system_identifier.clone());
+    let mut route = Route::new(
+        settings.system_identifier.clone(),
+        interval.max(Duration::from_millis(100)),
+    );
     let mut problems = Problems::default();
     let mut last_sample: Option<Instant> = None;
     let mut sample_now = true;
@@ -752,6 +755,8 @@ fn publish(shared: &Shared, watched: &[Watched], problems: &Problems, primary: O
 /// is never kept on a server in recovery, and another cluster never counts.
 struct Route {
     session: Option<Client>,
+    /// Bounds a question on the kept session (the look's interval).
+    kept_bound: Duration,
     cluster: Option<String>,
     latest: Option<Identity>,
 }
@@ -759,9 +764,10 @@ struct Route {
 type Sample = Result<Option<Identity>, (&'static str, String)>;
 
 impl Route {
-    fn new(cluster: Option<String>) -> Route {
+    fn new(cluster: Option<String>, kept_bound: Duration) -> Route {
         Route {
             session: None,
+            kept_bound,
             cluster,
             latest: None,
         }
@@ -771,7 +777,9 @@ impl Route {
     /// writable answers, e.g. mid-switchover).
     async fn sample(&mut self, upstreams: &[Server], step: Duration) -> Sample {
         if let Some(client) = &self.session {
-            match tokio::time::timeout(step, route::identity(client)).await {
+            // The kept session answers in a round trip; one that hangs (its server went
+            // silent) must not hold up the look, so it gets one interval.
+            match tokio::time::timeout(self.kept_bound.min(step), route::identity(client)).await {
                 Ok(Ok(identity)) if self.accepts(&identity) => {
                     self.latest = Some(identity.clone());
                     return Ok(Some(identity));
@@ -875,7 +883,7 @@ async fn check(settings: &Settings) -> Result<u8> {
             "check: no --upstream: the watchdog will end a hooks' pause only at --max-pause"
         );
     } else {
-        let mut route = Route::new(settings.system_identifier.clone());
+        let mut route = Route::new(settings.system_identifier.clone(), step);
         match route.sample(&settings.upstreams, step).await {
             Ok(Some(primary)) => tracing::info!(
                 system_identifier = %primary.system_identifier,
