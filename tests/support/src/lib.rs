@@ -25,6 +25,7 @@
 //! `PPH_PGBENCH_SECS` and the benchmark's `PPH_BENCH_*`.
 
 pub mod cluster;
+pub mod manifests;
 
 use std::fmt::Write as _;
 use std::fs;
