@@ -82,17 +82,25 @@ pub const PACKED: &[&str] = &[
     "configmap/hooks-bin/on-role-change.gz",
 ];
 
-/// Runs `scripts/configmap` (static release build, gzip -9 into configmap/hooks-bin/).
+/// Runs `scripts/configmap` (static release build, gzip -9 into configmap/hooks-bin/), once
+/// per test process: tests that call it together wait for the one run instead of racing on
+/// the files it writes.
 pub fn pack_hooks() {
-    let repo = repo();
-    let mut cmd = Command::new(repo.join("scripts/configmap"));
-    cmd.current_dir(&repo);
-    let (status, out, err) = crate::run(&mut cmd, Duration::from_secs(1200))
-        .unwrap_or_else(|e| panic!("scripts/configmap: {e}"));
-    assert!(
-        status.success(),
-        "scripts/configmap: {status:?}\n{out}{err}"
-    );
+    static PACKED_ONCE: OnceLock<Result<(), String>> = OnceLock::new();
+    let r = PACKED_ONCE.get_or_init(|| {
+        let repo = repo();
+        let mut cmd = Command::new(repo.join("scripts/configmap"));
+        cmd.current_dir(&repo);
+        let (status, out, err) = crate::run(&mut cmd, Duration::from_secs(1200))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("{status}\n{out}{err}"))
+        }
+    });
+    if let Err(e) = r {
+        panic!("scripts/configmap: {e}");
+    }
 }
 
 /// The kustomization roots under configmap/: `configmap/` and `configmap/drill/`.

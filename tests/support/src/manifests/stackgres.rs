@@ -26,7 +26,8 @@ pub struct SgCluster {
     pub spec: SgClusterSpec,
 }
 
-/// `common/.../crd/sgcluster/StackGresClusterSpec.java`
+/// `common/.../crd/sgcluster/StackGresClusterSpec.java`; `instances`, `postgres` and `pods` are
+/// required by the CRD (`common/src/main/resources/crds/SGCluster.yaml`).
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SgClusterSpec {
