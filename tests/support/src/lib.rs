@@ -30,6 +30,7 @@
 pub mod cluster;
 pub mod events;
 pub mod foreign;
+pub mod manifests;
 
 use std::fmt::Write as _;
 use std::fs;
