@@ -31,6 +31,18 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// `--upstream` URLs (each may be a comma-separated list) as servers, credentials found as
+/// libpq finds them; a bad URL is a usage error.
+pub fn upstreams(urls: &[String]) -> Result<Vec<Server>> {
+    urls.iter()
+        .flat_map(|u| crate::conninfo::split_url_list(u))
+        .map(|u| {
+            Server::from_url_or_env(Some(&u), &process_env)
+                .map_err(|e| crate::config::usage(format!("--upstream: {e:#}")))
+        })
+        .collect()
+}
+
 impl Server {
     /// `--postgres URL`, else `PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE`, `PGPASSWORD`, `PGPASSFILE`.
     pub fn from_url_or_env(url: Option<&str>, env: &Env) -> Result<Server> {

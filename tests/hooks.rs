@@ -1608,3 +1608,115 @@ fn the_watchdog_asks_pgbouncer_1_18_for_show_state_once() {
         .count();
     assert_eq!(errors, 1, "{}", pgb.log());
 }
+
+/// The watchdog's costs, for docs/benchmarks.md (on demand:
+/// `cargo test --test hooks -- --ignored --nocapture watchdog_costs`, after
+/// `scripts/check-static`): calm for 20 s beside an idle PgBouncer, its peak RSS, CPU time, and
+/// logins; the time of a `/metrics` scrape; how soon it RESUMEs after the route reaches a new
+/// primary. Prints one `COSTS` line.
+#[test]
+#[ignore = "a measurement, run on demand"]
+fn watchdog_costs() {
+    let musl = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/x86_64-unknown-linux-musl/release/pgbouncer-watchdog");
+    let bin = std::env::var("PPH_COST_BIN").map_or(musl, PathBuf::from);
+    let mut primary = Postgres::start_primary();
+    let standby = Postgres::start_standby(&primary);
+    let route = SwitchProxy::start(0, primary.port);
+    let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", route.port);
+    let upstream = format!("postgresql://postgres@127.0.0.1:{}/postgres", route.port);
+    let sessions = || -> u64 {
+        primary
+            .psql("SELECT sessions FROM pg_stat_database WHERE datname = 'postgres'")
+            .parse()
+            .unwrap()
+    };
+    let logins = |text: &str| text.matches("login attempt: db=pgbouncer ").count();
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let log = pgb.dir.join("watchdog-costs.log");
+    let mut cmd = common::client(&bin);
+    cmd.args([
+        "--pgbouncer",
+        &pgb.admin_url(),
+        "--upstream",
+        &upstream,
+        "--listen",
+        &listen,
+        "--max-pause",
+        "60s",
+        "--log-format",
+        "json",
+    ])
+    .env("PGBOUNCER_PASSWORD", PgBouncer::ADMIN_PASSWORD);
+    let mut dog = spawn_logged(cmd, &log);
+    common::wait_until(
+        "the watchdog ready",
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+        || (http_get(port, "/readyz").0 == 200).then_some(()),
+    );
+    let (admin0, pg0) = (logins(&pgb.log()), sessions());
+    let cpu = |pid: u32| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        ticks / 100.0
+    };
+    let cpu0 = cpu(dog.id());
+    let calm = Duration::from_secs(20);
+    std::thread::sleep(calm);
+    let cpu_s = cpu(dog.id()) - cpu0;
+    let admin_logins = logins(&pgb.log()) - admin0;
+    let pg_logins = sessions() - pg0;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", dog.id())).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    // 100 scrapes of /metrics, one at a time.
+    let t = Instant::now();
+    for _ in 0..100 {
+        assert_eq!(http_get(port, "/metrics").0, 200);
+    }
+    let scrape_ms = t.elapsed().as_secs_f64() * 1000.0 / 100.0;
+    // A hooks' pause; the old primary stops; the route switches to the promoted standby.
+    let mark = hooks_pause(&pgb, "costs@1");
+    wait_event(&log, "relay", |e| e["pause_id"] == "costs@1");
+    primary.stop();
+    standby.promote();
+    common::wait_until(
+        "the standby to leave recovery",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || (standby.psql("SELECT pg_is_in_recovery()") == "f").then_some(()),
+    );
+    let switched = Instant::now();
+    route.switch_to(standby.port);
+    common::wait_until(
+        "the watchdog's RESUME",
+        Duration::from_secs(10),
+        Duration::from_millis(2),
+        || (!pgb.is_paused()).then_some(()),
+    );
+    let resume_ms = switched.elapsed().as_millis();
+    drop(mark);
+    eprintln!(
+        "COSTS calm_s={} rss_kib={rss_kib} cpu_s={cpu_s:.2} admin_logins={admin_logins} upstream_logins={pg_logins} scrape_ms={scrape_ms:.2} resume_after_route_ms={resume_ms} bin={}",
+        calm.as_secs(),
+        bin.display()
+    );
+    assert!(rss_kib <= 5 * 1024, "{rss_kib} KiB");
+    assert!(
+        admin_logins <= 1 && pg_logins <= 1,
+        "{admin_logins} {pg_logins}"
+    );
+    common::signal(dog.id(), "TERM");
+    let _ = dog.wait();
+}

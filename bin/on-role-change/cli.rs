@@ -7,7 +7,6 @@ use anyhow::Result;
 use clap::Parser;
 
 use hooks::config;
-use hooks::conninfo::split_url_list;
 use hooks::decision::Callback;
 use hooks::on_role_change::{Process, Settings};
 use hooks::postgres::{self, Server};
@@ -112,15 +111,7 @@ impl Cli {
         let fleet = self
             .pgbouncer
             .fleet("resume", mode != hooks::report::Mode::DryRun)?;
-        let upstreams = self
-            .upstream
-            .iter()
-            .flat_map(|u| split_url_list(u))
-            .map(|u| {
-                Server::from_url_or_env(Some(&u), &postgres::process_env)
-                    .map_err(|e| config::usage(format!("--upstream: {e:#}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let upstreams = postgres::upstreams(&self.upstream)?;
         let local = Server::from_url_or_env(self.postgres.as_deref(), &postgres::process_env)
             .map_err(|e| config::usage(format!("{e:#}")))?;
         let process = match (self.detached_worker, self.no_detach) {

@@ -7,8 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Parser;
 
-use hooks::conninfo::split_url_list;
-use hooks::postgres::{self, Server};
+use hooks::postgres;
 use hooks::{config, watchdog};
 
 use crate::shared::{LogFormatArg, PgBouncerArgs};
@@ -117,15 +116,7 @@ impl Cli {
             return Err(config::usage("--look-timeout must be more than 0"));
         }
         let fleet = self.pgbouncer.fleet("watch", true)?;
-        let upstreams = self
-            .upstream
-            .iter()
-            .flat_map(|u| split_url_list(u))
-            .map(|u| {
-                Server::from_url_or_env(Some(&u), &postgres::process_env)
-                    .map_err(|e| config::usage(format!("--upstream: {e:#}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let upstreams = postgres::upstreams(&self.upstream)?;
         Ok(Job::Watch(Box::new(watchdog::Settings {
             fleet,
             upstreams,
