@@ -461,6 +461,44 @@ pub fn log_resume(pgbouncer: &str, outcome: &ResumeOutcome, ms: u64) {
     }
 }
 
+/// Why a paused PgBouncer must not be resumed by the hooks, if it must not: an operator holds
+/// the pause, nobody marked it, or (on a retry: `first` holds the ids seen on the first try)
+/// it is a later hooks' pause than the one this RESUME was for. On the first try, `first`
+/// takes the ids marked now. `show_state`: whether SHOW STATE said it is paused at all.
+pub fn not_ours(
+    show_state: bool,
+    owner: &Owner,
+    first: &mut Option<Vec<String>>,
+) -> Option<String> {
+    let ids = match owner {
+        Owner::Held(_) => {
+            return Some("an operator holds this pause (a pph-hold session is connected)".into())
+        }
+        Owner::Other if !show_state => return Some(
+            "no hooks' pause is marked (PgBouncer < 1.19 cannot say whether it is paused at all)"
+                .into(),
+        ),
+        Owner::Other => {
+            return Some(
+                "paused by somebody else (no hooks' mark): the hooks never end such a pause".into(),
+            )
+        }
+        Owner::Hooks(ids) => ids,
+    };
+    match first {
+        Some(seen) if !ids.iter().any(|id| seen.contains(id)) => Some(format!(
+            "a later hooks' pause ({}) than the one this RESUME was for ({})",
+            ids.join(","),
+            seen.join(",")
+        )),
+        Some(_) => None,
+        None => {
+            *first = Some(ids.clone());
+            None
+        }
+    }
+}
+
 /// On one session: if PgBouncer is in a hooks' pause, RESUME it and check. `first` is the
 /// owner seen on the first try; on a retry, a pause with none of those ids is a later one.
 /// `no_show_state`: the caller knows this PgBouncer has none (< 1.19), so it is not asked
@@ -492,33 +530,8 @@ pub async fn resume_owned(
     let owner = tokio::time::timeout(command_timeout, admin.owner())
         .await
         .map_err(bounded("SHOW CLIENTS"))??;
-    let ids = match owner {
-        Owner::Held(_) => {
-            return Ok(ResumeOutcome::LeftAlone(
-                "an operator holds this pause (a pph-hold session is connected)".into(),
-            ))
-        }
-        Owner::Other if state.is_none() => return Ok(ResumeOutcome::LeftAlone(
-            "no hooks' pause is marked (PgBouncer < 1.19 cannot say whether it is paused at all)"
-                .into(),
-        )),
-        Owner::Other => {
-            return Ok(ResumeOutcome::LeftAlone(
-                "paused by somebody else (no hooks' mark): the hooks never end such a pause".into(),
-            ))
-        }
-        Owner::Hooks(ids) => ids,
-    };
-    if let Some(seen) = first {
-        if !ids.iter().any(|id| seen.contains(id)) {
-            return Ok(ResumeOutcome::LeftAlone(format!(
-                "a later hooks' pause ({}) than the one this RESUME was for ({})",
-                ids.join(","),
-                seen.join(",")
-            )));
-        }
-    } else {
-        *first = Some(ids);
+    if let Some(why) = not_ours(state.is_some(), &owner, first) {
+        return Ok(ResumeOutcome::LeftAlone(why));
     }
     let answer = tokio::time::timeout(command_timeout, admin.resume())
         .await
@@ -708,6 +721,54 @@ mod tests {
         ];
         for (text, want) in table {
             assert_eq!(login_retry_seconds(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_hooks_own_pause_is_resumed_and_a_retry_never_ends_a_later_one() {
+        let hooks = |ids: &[&str]| Owner::Hooks(ids.iter().map(|s| s.to_string()).collect());
+        // (SHOW STATE known, owner, ids seen on the first try) -> left alone?, ids after
+        type Row = (
+            bool,
+            Owner,
+            Option<Vec<&'static str>>,
+            bool,
+            Option<Vec<&'static str>>,
+        );
+        let table: Vec<Row> = vec![
+            (true, hooks(&["a"]), None, false, Some(vec!["a"])),
+            (false, hooks(&["a"]), None, false, Some(vec!["a"])),
+            (true, Owner::Other, None, true, None),
+            (false, Owner::Other, None, true, None),
+            (true, Owner::Held(vec!["a".into()]), None, true, None),
+            (
+                true,
+                Owner::Held(vec![]),
+                Some(vec!["a"]),
+                true,
+                Some(vec!["a"]),
+            ),
+            // a retry: the same pause (also joined by another before-stop) ...
+            (true, hooks(&["a"]), Some(vec!["a"]), false, Some(vec!["a"])),
+            (
+                true,
+                hooks(&["a", "b"]),
+                Some(vec!["a"]),
+                false,
+                Some(vec!["a"]),
+            ),
+            // ... or a later one, after somebody else's RESUME and a new PAUSE
+            (true, hooks(&["b"]), Some(vec!["a"]), true, Some(vec!["a"])),
+            (true, Owner::Other, Some(vec!["a"]), true, Some(vec!["a"])),
+        ];
+        for (i, (state, owner, seen, left, after)) in table.into_iter().enumerate() {
+            let to_strings = |v: Option<Vec<&str>>| {
+                v.map(|v| v.into_iter().map(str::to_string).collect::<Vec<_>>())
+            };
+            let mut first = to_strings(seen);
+            let why = not_ours(state, &owner, &mut first);
+            assert_eq!(why.is_some(), left, "row {i}: {why:?}");
+            assert_eq!(first, to_strings(after), "row {i}");
         }
     }
 
