@@ -23,5 +23,6 @@ pub mod report;
 pub mod route;
 pub mod runtime;
 pub mod safety;
+pub mod tls;
 pub mod view;
 pub mod watchdog;
