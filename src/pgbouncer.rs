@@ -471,6 +471,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_target_is_dialled_by_address_and_its_certificate_checked_by_name() {
+        let url = Url::parse(
+            "postgresql://admin@localhost:6432/pgbouncer?sslmode=verify-full&sslrootcert=/ca.crt",
+        )
+        .unwrap();
+        let targets = url.resolve(None, Duration::from_secs(5)).await.unwrap();
+        assert!(!targets.is_empty());
+        for target in targets {
+            assert!(
+                matches!(target.config.get_hosts(), [Host::Tcp(ip)] if ip.parse::<IpAddr>().is_ok())
+            );
+            assert_eq!(
+                target.tls.map(|(_, name)| name).as_deref(),
+                Some("localhost")
+            );
+        }
+        let socket = Url::parse("postgresql://admin@%2Frun%2Fpgb:6432/pgbouncer?sslmode=require")
+            .unwrap()
+            .resolve(None, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(socket[0].tls.is_none(), "libpq ignores sslmode on a socket");
+    }
+
+    #[tokio::test]
     async fn literal_addresses_resolve_without_dns() {
         let url = Url::parse("postgresql://admin@127.0.0.1:6432,[::1]:6433/pgbouncer").unwrap();
         let targets = url.resolve(None, Duration::from_secs(1)).await.unwrap();

@@ -219,20 +219,20 @@ pub fn explain(err: &rustls::Error, host: &str, rootcert: Option<&str>) -> Strin
     match err {
         rustls::Error::InvalidCertificate(cert) => match cert {
             CertificateError::UnknownIssuer | CertificateError::BadSignature => {
-                format!("TLS: the server's certificate is not signed by {ca} (wrong CA?)")
+                format!("the server's certificate is not signed by {ca} (wrong CA?)")
             }
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
                 format!(
-                    "TLS: the server's certificate is not valid for host name {host:?} (sslmode=verify-full checks the name: connect by a name the certificate lists)"
+                    "the server's certificate is not valid for host name {host:?} (sslmode=verify-full checks the name: connect by a name the certificate lists)"
                 )
             }
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-                "TLS: the server's certificate has expired".into()
+                "the server's certificate has expired".into()
             }
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                "TLS: the server's certificate is not valid yet (check the clocks)".into()
+                "the server's certificate is not valid yet (check the clocks)".into()
             }
-            other => format!("TLS: the server's certificate is not accepted: {other:?}"),
+            other => format!("the server's certificate is not accepted: {other:?}"),
         },
         other => format!("TLS handshake failed: {other}"),
     }
@@ -431,11 +431,6 @@ fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         (len, &rest[n..])
     };
     (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-}
-
-/// Whether an error chain is the TLS layer's (for hints that should not blame reachability).
-pub fn is_tls_failure(text: &str) -> bool {
-    text.contains("TLS") || text.contains("sslrootcert")
 }
 
 #[cfg(test)]

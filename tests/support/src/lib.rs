@@ -54,6 +54,7 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 pub mod process;
+pub mod tls;
 pub use process::*;
 
 // ------------------------------------------------------------------ plumbing
