@@ -1,5 +1,6 @@
 //! The hooks over TLS against real servers on 127.0.0.1: PostgreSQL 15 with `ssl = on` and a
-//! `hostssl`-only pg_hba.conf, PgBouncer 1.24 with `client_tls_sslmode = require`, a CA and
+//! `hostssl`-only pg_hba.conf (TLS 1.3, an RSA certificate), PgBouncer 1.24 with
+//! `client_tls_sslmode = require` (TLS 1.2, a P-256 certificate), a CA and
 //! certificates made by the test (`openssl`). What the hooks did is read from their JSON
 //! events and from the servers; a refusal must be one line naming its cause, exit 1, and
 //! leave nothing paused.
@@ -93,12 +94,13 @@ fn before_stop(view: &Path, pgbouncer: &str, extra: &[&str], json: bool) -> (Out
 #[test]
 fn pause_and_resume_over_verified_tls_with_the_route_check_and_channel_binding() {
     let ca = Ca::new("main");
-    let pg_cert = ca.issue("postgres", &["DNS:localhost", "IP:127.0.0.1"], false);
+    // RSA for Postgres, P-256 over TLS 1.2 for PgBouncer: both kinds of key, both versions.
+    let pg_cert = ca.issue_rsa("postgres", &["DNS:localhost", "IP:127.0.0.1"]);
     let pgb_cert = ca.issue("pgbouncer", &["IP:127.0.0.1"], false);
     let pg = Postgres::start_primary();
     postgres_tls_only(&pg, &pg_cert);
     let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
-    pgbouncer_tls(&pgb, "require", &pgb_cert);
+    pgbouncer_tls(&pgb, "require", &pgb_cert, "tls_protocols = tlsv1.2");
 
     // Both servers refuse plaintext: what passes below went over TLS.
     let plain_console = common::psql_url(
@@ -223,7 +225,7 @@ fn a_wrong_ca_a_wrong_name_and_an_expired_certificate_are_one_clear_line_each() 
     let verify_full = format!("sslmode=verify-full&sslrootcert={ca_file}");
     for (cert, cause) in &cases {
         let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
-        pgbouncer_tls(&pgb, "require", cert);
+        pgbouncer_tls(&pgb, "require", cert, "");
         let view = leader_view(&pgb.dir);
         let (out, stderr) = before_stop(&view, &with(&pgb.admin_url(), &verify_full), &[], false);
         assert_eq!(out.status.code(), Some(1), "{cause}: {stderr}");

@@ -64,31 +64,34 @@ impl Ca {
         self.dir.join("ca.crt")
     }
 
-    /// A server certificate signed by this CA for `names` (`DNS:x` or `IP:a.b.c.d`), valid
-    /// for a day from now, or, with `expired`, one whose validity ended a day ago.
+    /// A server certificate (P-256 key) signed by this CA for `names` (`DNS:x` or
+    /// `IP:a.b.c.d`), valid for a day from now, or, with `expired`, one whose validity ended a
+    /// day ago.
     pub fn issue(&self, file: &str, names: &[&str], expired: bool) -> Cert {
+        self.issue_with(
+            file,
+            names,
+            expired,
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        )
+    }
+
+    /// [`Ca::issue`] with an RSA 2048 key (signed by the CA with SHA-256).
+    pub fn issue_rsa(&self, file: &str, names: &[&str]) -> Cert {
+        self.issue_with(file, names, false, &["-newkey", "rsa:2048"])
+    }
+
+    fn issue_with(&self, file: &str, names: &[&str], expired: bool, key_args: &[&str]) -> Cert {
         let (key, csr, crt) = (
             format!("{file}.key"),
             format!("{file}.csr"),
             format!("{file}.crt"),
         );
-        openssl(
-            &self.dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={file}"),
-            ],
-        );
+        let subject = format!("/CN={file}");
+        let mut args = vec!["req"];
+        args.extend(key_args);
+        args.extend(["-nodes", "-keyout", &key, "-out", &csr, "-subj", &subject]);
+        openssl(&self.dir, &args);
         let ext = format!("{file}.ext");
         let mut f = fs::File::create(self.dir.join(&ext)).unwrap();
         writeln!(f, "subjectAltName={}", names.join(",")).unwrap();
@@ -173,9 +176,10 @@ pub fn postgres_tls_only(pg: &Postgres, cert: &Cert) {
 }
 
 /// Turns TLS on for a running PgBouncer's clients: `client_tls_sslmode` (e.g. `require`:
-/// plaintext clients are refused) with `cert`, appended to its pgbouncer.ini and applied with
-/// RELOAD. Its connections to Postgres use TLS when offered (`server_tls_sslmode = prefer`).
-pub fn pgbouncer_tls(pgb: &PgBouncer, sslmode: &str, cert: &Cert) {
+/// plaintext clients are refused) with `cert`, and `extra` settings (e.g. `tls_protocols =
+/// tlsv1.2`), appended to its pgbouncer.ini and applied with RELOAD. Its connections to
+/// Postgres use TLS when offered (`server_tls_sslmode = prefer`).
+pub fn pgbouncer_tls(pgb: &PgBouncer, sslmode: &str, cert: &Cert, extra: &str) {
     let ini = pgb.dir.join("pgbouncer.ini");
     let mut text = fs::read_to_string(&ini).unwrap();
     text.push_str(&format!(
@@ -183,6 +187,10 @@ pub fn pgbouncer_tls(pgb: &PgBouncer, sslmode: &str, cert: &Cert) {
         cert.cert.display(),
         cert.key.display()
     ));
+    for line in extra.lines() {
+        text.push_str(line.trim());
+        text.push('\n');
+    }
     fs::write(&ini, text).unwrap();
     chown_postgres(&ini);
     pgb.admin("RELOAD")
