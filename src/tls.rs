@@ -31,10 +31,10 @@ use tokio_postgres::{Client, Config, NoTls};
 
 use crate::conninfo::{describe, Check, Tls};
 
-/// Connects with `config`, TLS when `tls` is set (else plaintext), within `timeout`; `name` overrides the host name the certificate is checked against
-/// (a PgBouncer target is dialled by address but named by its URL's host). The connection
-/// runs on a spawned task, whose handle is returned. The error is one line in the server's or
-/// the TLS layer's own words.
+/// Connects with `config`, TLS when `tls` is set (else plaintext), within `timeout`; `name`
+/// overrides the host name the certificate is checked against (a PgBouncer target is dialled
+/// by address but named by its URL's host). The connection runs on a spawned task, whose
+/// handle is returned. The error is one line in the server's or the TLS layer's own words.
 pub async fn connect(
     config: &Config,
     tls: Option<&Tls>,
@@ -67,12 +67,12 @@ pub async fn connect(
 
 /// rustls on *ring*, cut to what a PostgreSQL or PgBouncer server needs, because every byte
 /// ships in a ConfigMap (sizes in docs/benchmarks.md): TLS 1.3 and 1.2 with AES-GCM only
-/// (OpenSSL servers always offer it; ChaCha20 left out: -106 KB with the next two), key
-/// exchange on P-256 (PostgreSQL's `ssl_ecdh_curve` default, in OpenSSL's default list too)
-/// and P-384, and webpki's *ring* signature algorithms but Ed25519 (X25519 and Ed25519 left
-/// out: -53 KB). Built here rather than taken from `ring::default_provider()`, which would
-/// link every suite and which rustls 0.23.48 marks deprecated (no post-quantum key exchange;
-/// aws-lc-rs has it, but needs cmake and is larger).
+/// (OpenSSL servers always offer it; leaving ChaCha20 out saves 106 KB), key exchange on
+/// P-256 (PostgreSQL's `ssl_ecdh_curve` default, in OpenSSL's default list too) and P-384, and
+/// webpki's *ring* signature algorithms but Ed25519 (leaving X25519 and Ed25519 out saves
+/// 53 KB). Built here rather than taken from `ring::default_provider()`, which would link
+/// every suite and which rustls 0.23.48 marks deprecated (no post-quantum key exchange;
+/// aws-lc-rs has that, and is 934 KB larger).
 fn provider() -> Arc<CryptoProvider> {
     use rustls::crypto::ring::{cipher_suite as cs, kx_group};
     Arc::new(CryptoProvider {
