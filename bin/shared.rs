@@ -27,7 +27,9 @@ pub struct PgBouncerArgs {
     /// a target (a headless Service lists every PgBouncer pod). The password comes best from
     /// --pgbouncer-password-file (a mounted Secret); PGBOUNCER_PASSWORD works but Patroni hands
     /// its environment on to every Postgres backend; a password in the URL shows in `ps`.
-    /// Plain TCP only: sslmode=require and stricter are refused.
+    /// TLS from the URL's own sslmode (require, verify-ca, verify-full) and sslrootcert (the
+    /// CA file, e.g. a mounted Secret), libpq's meanings; disable, allow and prefer (the
+    /// default) stay plaintext, and PGSSLMODE does not apply here.
     #[arg(
         long = "pgbouncer",
         value_name = "URL",

@@ -1,5 +1,7 @@
 //! Connection strings as users write them: lists of URLs, passwords kept out of every
-//! message, TLS settings this build cannot honour, and errors in the server's own words.
+//! message, libpq's TLS settings, and errors in the server's own words.
+
+use std::path::PathBuf;
 
 use anyhow::{anyhow, Result};
 
@@ -112,7 +114,7 @@ fn setting(text: &str, key: &str) -> Option<String> {
         let (_, query) = rest.split_once('?')?;
         return query.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=')?;
-            k.eq_ignore_ascii_case(key).then(|| v.to_string())
+            k.eq_ignore_ascii_case(key).then(|| percent_decode(v))
         });
     }
     text.split_whitespace().find_map(|pair| {
@@ -123,39 +125,183 @@ fn setting(text: &str, key: &str) -> Option<String> {
     })
 }
 
-/// These hooks speak plain TCP only (no TLS library is built in, which keeps the binaries
-/// small enough for a ConfigMap). A connection string that *requires* TLS is refused, never
-/// quietly downgraded to plaintext; `disable`, `allow` and `prefer` are accepted (`prefer`
-/// falls back to plaintext, as libpq does against a server without TLS).
-pub fn refuse_tls(text: &str) -> Result<()> {
-    refuse_tls_settings(
-        setting(text, "sslmode").as_deref(),
-        setting(text, "channel_binding").as_deref(),
-    )
-    .map_err(|why| anyhow!("{:?}: {why}", redact(text)))
+/// A URL query value with `%XX` escapes decoded (a path may be written `%2Fetc%2Fca.crt`).
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The same rule for values that come from elsewhere (libpq's `PGSSLMODE`, `PGCHANNELBINDING`).
-pub fn refuse_tls_settings(
-    sslmode: Option<&str>,
-    channel_binding: Option<&str>,
-) -> Result<(), String> {
-    match sslmode.map(str::trim) {
-        None | Some("" | "disable" | "allow" | "prefer") => {}
-        Some(mode @ ("require" | "verify-ca" | "verify-full")) => {
+/// What a TLS session checks, by libpq's `sslmode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// `require`: encrypted; the certificate is not checked.
+    Encrypt,
+    /// `verify-ca` (and `require` with an `sslrootcert`, as in libpq): signed by the CA.
+    Chain,
+    /// `verify-full`: signed by the CA and issued for the host name.
+    ChainAndName,
+}
+
+/// TLS as a connection asks for it. `None` where a connection is plaintext: `disable`,
+/// `allow` and `prefer` (libpq's `prefer` tries TLS first; these hooks decide to stay
+/// plaintext there, as before TLS was built in, so a server that offers TLS but cannot
+/// complete a rustls handshake keeps working; ask for TLS with `require` or stricter).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tls {
+    pub check: Check,
+    /// The CA file (`sslrootcert`); the only trust roots there are.
+    pub rootcert: Option<PathBuf>,
+}
+
+/// One setting and where it came from (`sslmode` in the URL, or `PGSSLMODE`), for messages.
+#[derive(Clone, Copy, Debug)]
+pub struct Setting<'a> {
+    pub value: &'a str,
+    pub from: &'a str,
+}
+
+/// libpq's rules for `sslmode`, `sslrootcert` and `channel_binding`, pure. Errors are one
+/// sentence naming the setting. Socket paths are the caller's business (libpq ignores
+/// `sslmode` there).
+pub fn tls_for(
+    sslmode: Option<Setting>,
+    rootcert: Option<Setting>,
+    channel_binding: Option<Setting>,
+) -> Result<Option<Tls>, String> {
+    let rootcert_path = match rootcert.map(|r| (r, r.value.trim())) {
+        None | Some((_, "")) => None,
+        Some((r, "system")) => {
             return Err(format!(
-                "sslmode={mode} needs TLS, which these hooks do not speak; use sslmode=disable or prefer (plaintext), or reach PgBouncer/Postgres over a network you trust"
+                "{}=system (the operating system's CA bundle) is not built into these hooks: name the CA file, e.g. a mounted Secret's ca.crt",
+                r.from
             ))
         }
-        Some(other) => return Err(format!("sslmode={other:?} is not a libpq sslmode")),
+        Some((_, path)) => Some(PathBuf::from(path)),
+    };
+    let check = match sslmode.map(|m| (m, m.value.trim())) {
+        None | Some((_, "" | "disable" | "allow" | "prefer")) => None,
+        Some((_, "require")) if rootcert_path.is_some() => Some(Check::Chain),
+        Some((_, "require")) => Some(Check::Encrypt),
+        Some((m, mode @ ("verify-ca" | "verify-full"))) => {
+            if rootcert_path.is_none() {
+                return Err(format!(
+                    "{}={mode} needs the CA file: add sslrootcert=/path/to/ca.crt (or set PGSSLROOTCERT); no CA bundle is built in",
+                    m.from
+                ));
+            }
+            Some(if mode == "verify-ca" {
+                Check::Chain
+            } else {
+                Check::ChainAndName
+            })
+        }
+        Some((m, other)) => {
+            return Err(format!(
+                "{}={other:?} is not a libpq sslmode (disable, allow, prefer, require, verify-ca, verify-full)",
+                m.from
+            ))
+        }
+    };
+    match channel_binding.map(|b| (b, b.value.trim())) {
+        None | Some((_, "" | "disable" | "prefer")) => {}
+        Some((b, "require")) if check.is_none() => {
+            return Err(format!(
+            "{}=require needs TLS: add sslmode=require (or verify-ca/verify-full with sslrootcert)",
+            b.from
+        ))
+        }
+        Some((_, "require")) => {}
+        Some((b, other)) => {
+            return Err(format!(
+                "{}={other:?} is not a libpq channel_binding (disable, prefer, require)",
+                b.from
+            ))
+        }
     }
-    match channel_binding.map(str::trim) {
-        None | Some("" | "disable" | "prefer") => Ok(()),
-        Some("require") => Err(
-            "channel_binding=require needs TLS, which these hooks do not speak; use channel_binding=disable or prefer".into(),
-        ),
-        Some(other) => Err(format!("channel_binding={other:?} is not a libpq channel_binding")),
+    Ok(check.map(|check| Tls {
+        check,
+        rootcert: rootcert_path,
+    }))
+}
+
+/// Reads a variable (the process environment, or a table in tests).
+pub type Lookup = dyn Fn(&str) -> Option<String>;
+
+/// A connection string's TLS settings. Values the string does not give come from `env`
+/// (libpq's `PGSSLMODE`, `PGSSLROOTCERT`, `PGCHANNELBINDING`) when given. Errors are one
+/// line with the password redacted.
+pub fn tls_from(text: &str, env: Option<&Lookup>) -> Result<Option<Tls>> {
+    let from_env = |name: &str| env.and_then(|env| env(name));
+    let pick = |key: &'static str, var: &'static str| -> Option<(String, &'static str)> {
+        setting(text, key)
+            .map(|v| (v, key))
+            .or_else(|| from_env(var).map(|v| (v, var)))
+    };
+    let sslmode = pick("sslmode", "PGSSLMODE");
+    let rootcert = pick("sslrootcert", "PGSSLROOTCERT");
+    let binding = pick("channel_binding", "PGCHANNELBINDING");
+    fn as_setting<'a>(s: &'a Option<(String, &'static str)>) -> Option<Setting<'a>> {
+        s.as_ref().map(|(value, from)| Setting {
+            value: value.as_str(),
+            from,
+        })
     }
+    tls_for(
+        as_setting(&sslmode),
+        as_setting(&rootcert),
+        as_setting(&binding),
+    )
+    .map_err(|why| match text.trim() {
+        "" => anyhow!("{why}"),
+        _ => anyhow!("{:?}: {why}", redact(text)),
+    })
+}
+
+/// The connection string without `sslmode` and `sslrootcert`, for tokio-postgres, which
+/// knows neither `verify-*` nor `sslrootcert` (TLS is set from [`tls_from`] instead).
+pub fn strip_tls(text: &str) -> String {
+    without(text, &["sslmode", "sslrootcert"])
+}
+
+/// `text` without the given keys (URL query parameters, or `key=value` words).
+fn without(text: &str, keys: &[&str]) -> String {
+    let text = text.trim();
+    let dropped = |pair: &str| {
+        let key = pair.split('=').next().unwrap_or("").trim();
+        keys.iter().any(|k| k.eq_ignore_ascii_case(key))
+    };
+    if text.contains("://") {
+        let Some((head, query)) = text.split_once('?') else {
+            return text.to_string();
+        };
+        let kept: Vec<&str> = query.split('&').filter(|p| !dropped(p)).collect();
+        if kept.is_empty() {
+            return head.to_string();
+        }
+        return format!("{head}?{}", kept.join("&"));
+    }
+    text.split_whitespace()
+        .filter(|p| !dropped(p))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Splits a comma-separated list of connection URLs. A comma also separates the hosts of one
@@ -203,6 +349,123 @@ pub fn describe(err: &tokio_postgres::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn libpq_tls_rules() {
+        let url = |s: &'static str| {
+            Some(Setting {
+                value: s,
+                from: "sslmode",
+            })
+        };
+        let root = |s: &'static str| {
+            Some(Setting {
+                value: s,
+                from: "sslrootcert",
+            })
+        };
+        let cb = |s: &'static str| {
+            Some(Setting {
+                value: s,
+                from: "channel_binding",
+            })
+        };
+        let check = |m, r, b| tls_for(m, r, b).map(|t| t.map(|t| t.check));
+        type Row = (
+            Option<Setting<'static>>,
+            Option<Setting<'static>>,
+            Option<Setting<'static>>,
+            Result<Option<Check>, &'static str>,
+        );
+        let table: [Row; 14] = [
+            (None, None, None, Ok(None)),
+            (url("disable"), None, None, Ok(None)),
+            (url("allow"), None, None, Ok(None)),
+            (url("prefer"), root("/ca"), None, Ok(None)),
+            (url("require"), None, None, Ok(Some(Check::Encrypt))),
+            (url("require"), root("/ca"), None, Ok(Some(Check::Chain))),
+            (url("verify-ca"), root("/ca"), None, Ok(Some(Check::Chain))),
+            (
+                url("verify-full"),
+                root("/ca"),
+                cb("require"),
+                Ok(Some(Check::ChainAndName)),
+            ),
+            (
+                url("verify-full"),
+                None,
+                None,
+                Err("sslmode=verify-full needs the CA file"),
+            ),
+            (
+                url("verify-ca"),
+                root(""),
+                None,
+                Err("sslmode=verify-ca needs the CA file"),
+            ),
+            (
+                url("verify-full"),
+                root("system"),
+                None,
+                Err("sslrootcert=system"),
+            ),
+            (url("Require"), None, None, Err("not a libpq sslmode")),
+            (
+                None,
+                None,
+                cb("require"),
+                Err("channel_binding=require needs TLS"),
+            ),
+            (
+                url("require"),
+                None,
+                cb("yes"),
+                Err("not a libpq channel_binding"),
+            ),
+        ];
+        for (m, r, b, want) in table {
+            let got = check(m, r, b);
+            match (&got, want) {
+                (Ok(got), Ok(want)) => assert_eq!(*got, want, "{m:?} {r:?} {b:?}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{got}"),
+                _ => panic!("{m:?} {r:?} {b:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tls_keys_are_read_decoded_and_stripped() {
+        let env = |name: &str| (name == "PGSSLMODE").then(|| "verify-full".to_string());
+        let tls = tls_from(
+            "postgresql://u:pw@h/db?sslrootcert=%2Fetc%2Fca.crt&connect_timeout=3",
+            Some(&env),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(tls.check, Check::ChainAndName);
+        assert_eq!(tls.rootcert, Some(PathBuf::from("/etc/ca.crt")));
+        assert!(tls_from("postgresql://h/db", None).unwrap().is_none());
+        let err = format!(
+            "{:#}",
+            tls_from("postgresql://u:pw@h/db", Some(&env)).unwrap_err()
+        );
+        assert!(
+            err.contains("PGSSLMODE=verify-full needs") && !err.contains(":pw@"),
+            "{err}"
+        );
+        let table = [
+            ("postgresql://h/db?sslmode=require", "postgresql://h/db"),
+            (
+                "postgresql://h/db?a=1&sslmode=verify-ca&SSLROOTCERT=/x&b=2",
+                "postgresql://h/db?a=1&b=2",
+            ),
+            ("postgresql://h/db", "postgresql://h/db"),
+            ("host=h sslmode=require  user=u", "host=h user=u"),
+        ];
+        for (text, want) in table {
+            assert_eq!(strip_tls(text), want);
+        }
+    }
 
     #[test]
     fn password_detection() {

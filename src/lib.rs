@@ -25,6 +25,7 @@ pub mod report;
 pub mod route;
 pub mod runtime;
 pub mod safety;
+pub mod tls;
 pub mod view;
 pub mod watchdog;
 pub mod watchdog_http;

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio_postgres::config::Host;
-use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, Config, SimpleQueryMessage};
 
-use crate::conninfo::{describe, redact, refuse_tls};
+use crate::conninfo::{describe, redact, strip_tls, tls_from, Tls};
 
 /// One PgBouncer process to drive: a single address, never a name that resolves to several.
 #[derive(Clone)]
@@ -20,18 +20,17 @@ pub struct Target {
     /// The URL as it may be logged: no password.
     pub shown: String,
     config: Config,
+    /// TLS, and the host name the certificate is checked against (the URL's, not the address).
+    tls: Option<(Tls, String)>,
 }
 
 impl Target {
     /// The same PgBouncer, with sessions named `application_name` (an ownership mark, see
     /// [`crate::owner`]).
     pub fn named(&self, application_name: &str) -> Target {
-        let mut config = self.config.clone();
-        config.application_name(application_name);
-        Target {
-            shown: self.shown.clone(),
-            config,
-        }
+        let mut target = self.clone();
+        target.config.application_name(application_name);
+        target
     }
 }
 
@@ -46,6 +45,9 @@ impl std::fmt::Debug for Target {
 pub struct Url {
     pub shown: String,
     config: Config,
+    /// From the URL's own `sslmode`/`sslrootcert`, not `PGSSLMODE`: that variable in
+    /// Patroni's environment is about its Postgres, not about PgBouncer's console.
+    tls: Option<Tls>,
 }
 
 /// Debug shows the URL as it may be logged: never the password.
@@ -57,8 +59,8 @@ impl std::fmt::Debug for Url {
 
 impl Url {
     pub fn parse(text: &str) -> Result<Url> {
-        refuse_tls(text)?;
-        let config = Config::from_str(text.trim()).map_err(|err| {
+        let tls = tls_from(text, None)?;
+        let config = Config::from_str(&strip_tls(text)).map_err(|err| {
             anyhow!(
                 "{:?} is not a PostgreSQL URL ({err}): expected e.g. postgresql://pgbouncer_admin@pgbouncer:6432/pgbouncer",
                 redact(text)
@@ -68,7 +70,7 @@ impl Url {
             bail!("{:?} names no host", redact(text));
         }
         let shown = show(&config, None);
-        Ok(Url { shown, config })
+        Ok(Url { shown, config, tls })
     }
 
     /// Every address the URL's hosts resolve to, each its own target.
@@ -89,6 +91,7 @@ impl Url {
                         targets.push(Target {
                             shown: show(&config, label),
                             config,
+                            tls: self.tls.clone().map(|tls| (tls, name.clone())),
                         });
                     }
                 }
@@ -96,9 +99,11 @@ impl Url {
                 Host::Unix(path) => {
                     let mut config = self.base(password);
                     config.host_path(path).port(port);
+                    // libpq ignores sslmode on a socket path.
                     targets.push(Target {
                         shown: show(&config, None),
                         config,
+                        tls: None,
                     });
                 }
             }
@@ -179,22 +184,19 @@ pub struct State {
 impl Admin {
     /// Connects and authenticates, bounded by `timeout`.
     pub async fn connect(target: &Target, timeout: Duration) -> Result<Admin> {
-        let attempt = async {
-            let mut config = target.config.clone();
-            config.connect_timeout(timeout);
-            config.connect(NoTls).await
+        let (tls, name) = match &target.tls {
+            Some((tls, name)) => (Some(tls), Some(name.as_str())),
+            None => (None, None),
         };
+        let attempt = crate::tls::connect(&target.config, tls, name, timeout);
         let (client, connection) = match tokio::time::timeout(timeout, attempt).await {
             Err(_) => bail!(
                 "{}: no answer within {timeout:?} (is PgBouncer up and reachable? raise --connect-timeout if it is just slow)",
                 target.shown
             ),
-            Ok(Err(err)) => return Err(connect_error(target, err)),
+            Ok(Err(text)) => return Err(connect_error(target, &text)),
             Ok(Ok(pair)) => pair,
         };
-        let connection = tokio::spawn(async move {
-            let _ = connection.await;
-        });
         Ok(Admin { client, connection })
     }
 
@@ -339,9 +341,12 @@ fn parse_state(messages: &[SimpleQueryMessage]) -> Result<State> {
     })
 }
 
-fn connect_error(target: &Target, err: tokio_postgres::Error) -> anyhow::Error {
-    let text = describe(&err);
-    let hint = if text.contains("password authentication failed")
+fn connect_error(target: &Target, text: &str) -> anyhow::Error {
+    let hint = if text.contains("TLS") || text.contains("sslrootcert") {
+        "check sslmode/sslrootcert in --pgbouncer against PgBouncer's client_tls_* settings"
+    } else if text.contains("no encryption") || text.contains("SSL required") {
+        "the console requires TLS: add sslmode=verify-full&sslrootcert=/path/to/ca.crt (or sslmode=require) to --pgbouncer"
+    } else if text.contains("password authentication failed")
         || text.contains("SASL authentication failed")
         || text.contains("password missing")
         || text.contains("no such user")
@@ -449,30 +454,71 @@ mod tests {
     }
 
     #[test]
-    fn tls_is_refused_never_dropped() {
+    fn tls_settings_come_from_the_url_and_are_never_dropped() {
+        use crate::conninfo::Check;
+        let check = |text: &str| Url::parse(text).unwrap().tls.map(|t| t.check);
+        assert_eq!(check("postgresql://a@h/pgbouncer?sslmode=prefer"), None);
+        assert_eq!(check("postgresql://a@h/pgbouncer"), None);
+        assert_eq!(
+            check("postgresql://a@h/pgbouncer?sslmode=require"),
+            Some(Check::Encrypt)
+        );
+        let url = Url::parse(
+            "postgresql://a@h/pgbouncer?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.crt&application_name=x",
+        )
+        .unwrap();
+        let tls = url.tls.clone().unwrap();
+        assert_eq!(tls.check, Check::ChainAndName);
+        assert_eq!(
+            tls.rootcert.as_deref(),
+            Some(std::path::Path::new("/etc/ca.crt"))
+        );
+        assert_eq!(url.config.get_application_name(), Some("x"));
         for text in [
-            "postgresql://a@h/pgbouncer?sslmode=require",
             "postgresql://a:s3cret@h/pgbouncer?sslmode=verify-full",
             "host=h sslmode=verify-ca password=s3cret",
-            "postgresql://a@h/pgbouncer?channel_binding=require",
+            "postgresql://a:s3cret@h/pgbouncer?channel_binding=require",
+            "postgresql://a:s3cret@h/pgbouncer?sslmode=verify-everything",
         ] {
             let err = Url::parse(text).expect_err(text);
             let line = format!("{err:#}");
-            assert!(line.contains("needs TLS"), "{line}");
             assert!(!line.contains("s3cret"), "{line}");
+            assert!(
+                line.contains("sslmode") || line.contains("channel_binding"),
+                "{line}"
+            );
         }
-        let url = Url::parse("postgresql://a@h/pgbouncer?sslmode=disable").unwrap();
-        assert_eq!(
-            url.base(None).get_ssl_mode(),
-            tokio_postgres::config::SslMode::Disable
-        );
-        assert!(Url::parse("postgresql://a@h/pgbouncer?sslmode=prefer").is_ok());
     }
 
     #[test]
     fn default_database_is_the_admin_console() {
         let url = Url::parse("postgresql://admin@127.0.0.1:6432").unwrap();
         assert_eq!(url.shown, "postgresql://admin@127.0.0.1:6432/pgbouncer");
+    }
+
+    #[tokio::test]
+    async fn a_target_is_dialled_by_address_and_its_certificate_checked_by_name() {
+        let url = Url::parse(
+            "postgresql://admin@localhost:6432/pgbouncer?sslmode=verify-full&sslrootcert=/ca.crt",
+        )
+        .unwrap();
+        let targets = url.resolve(None, Duration::from_secs(5)).await.unwrap();
+        assert!(!targets.is_empty());
+        for target in targets {
+            assert!(
+                matches!(target.config.get_hosts(), [Host::Tcp(ip)] if ip.parse::<std::net::IpAddr>().is_ok())
+            );
+            assert_eq!(
+                target.tls.map(|(_, name)| name).as_deref(),
+                Some("localhost")
+            );
+        }
+        let socket = Url::parse("postgresql://admin@%2Frun%2Fpgb:6432/pgbouncer?sslmode=require")
+            .unwrap()
+            .resolve(None, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(socket[0].tls.is_none(), "libpq ignores sslmode on a socket");
     }
 
     #[tokio::test]

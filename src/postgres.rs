@@ -10,11 +10,11 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
+use tokio_postgres::config::ChannelBinding;
 use tokio_postgres::config::Host;
-use tokio_postgres::config::{ChannelBinding, SslMode};
-use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, Config, SimpleQueryMessage};
 
-use crate::conninfo::{describe, refuse_tls, refuse_tls_settings};
+use crate::conninfo::{describe, strip_tls, tls_from, Tls};
 
 /// A Postgres server to ask (this member's own, or an upstream address that PgBouncer uses),
 /// with a printable form that never holds the password.
@@ -22,6 +22,8 @@ use crate::conninfo::{describe, refuse_tls, refuse_tls_settings};
 pub struct Server {
     pub shown: String,
     pub config: Config,
+    /// TLS for TCP hosts; `None` for plaintext and for socket paths (libpq ignores `sslmode` there).
+    pub tls: Option<Tls>,
 }
 
 /// Variables the way libpq reads them; passed in so tests need not touch the process env.
@@ -44,13 +46,12 @@ pub fn upstreams(urls: &[String]) -> Result<Vec<Server>> {
 }
 
 impl Server {
-    /// `--postgres URL`, else `PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE`, `PGPASSWORD`, `PGPASSFILE`.
+    /// `--postgres URL`, else `PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE`, `PGPASSWORD`,
+    /// `PGPASSFILE`; TLS from the URL's `sslmode`/`sslrootcert`/`channel_binding`, else
+    /// `PGSSLMODE`, `PGSSLROOTCERT`, `PGCHANNELBINDING`.
     pub fn from_url_or_env(url: Option<&str>, env: &Env) -> Result<Server> {
-        if let Some(url) = url {
-            refuse_tls(url)?;
-        }
         let mut config = match url {
-            Some(url) => Config::from_str(url).map_err(|err| {
+            Some(url) => Config::from_str(&strip_tls(url)).map_err(|err| {
                 anyhow!(
                     "--postgres {:?} is not a PostgreSQL URL: {err}",
                     crate::conninfo::redact(url)
@@ -93,24 +94,20 @@ impl Server {
                 .unwrap_or_else(|| config.get_user().unwrap_or("postgres").to_string());
             config.dbname(&db);
         }
-        // libpq's PGSSLMODE / PGCHANNELBINDING, when the URL does not say: honoured where
-        // plaintext is allowed, refused where TLS is required.
+        // TLS (libpq's rules, src/conninfo.rs) for TCP hosts; a socket path ignores it, as
+        // in libpq, so PGSSLMODE=require in Patroni's environment leaves the socket alone.
+        let tcp = config.get_hosts().iter().any(|h| matches!(h, Host::Tcp(_)));
+        let tls = match tcp {
+            true => tls_from(url.unwrap_or(""), Some(env))?,
+            false => None,
+        };
         let url_says = |key: &str| url.is_some_and(|u| u.contains(key));
-        if !url_says("sslmode") {
-            let mode = env("PGSSLMODE");
-            refuse_tls_settings(mode.as_deref(), None)
-                .map_err(|why| anyhow!("PGSSLMODE: {why}"))?;
-            if mode.as_deref() == Some("disable") {
-                config.ssl_mode(SslMode::Disable);
-            }
-        }
         if !url_says("channel_binding") {
-            let binding = env("PGCHANNELBINDING");
-            refuse_tls_settings(None, binding.as_deref())
-                .map_err(|why| anyhow!("PGCHANNELBINDING: {why}"))?;
-            if binding.as_deref() == Some("disable") {
-                config.channel_binding(ChannelBinding::Disable);
-            }
+            match env("PGCHANNELBINDING").as_deref() {
+                Some("disable") => config.channel_binding(ChannelBinding::Disable),
+                Some("require") if tcp => config.channel_binding(ChannelBinding::Require),
+                _ => &mut config,
+            };
         }
         if config.get_password().is_none() {
             if let Some(password) = env("PGPASSWORD") {
@@ -125,25 +122,20 @@ impl Server {
             }
         }
         let shown = show(&config);
-        Ok(Server { shown, config })
+        Ok(Server { shown, config, tls })
     }
 
     pub async fn connect(&self, timeout: Duration) -> Result<Client> {
         let config = crate::names::pinned(&self.config, timeout).await?;
-        let attempt = async {
-            let mut config = config;
-            config.connect_timeout(timeout);
-            config.connect(NoTls).await
-        };
+        let attempt = crate::tls::connect(&config, self.tls.as_ref(), None, timeout);
         match tokio::time::timeout(timeout, attempt).await {
             Err(_) => bail!("{}: no answer within {timeout:?}", self.shown),
-            Ok(Err(err)) => bail!("{}: {}", self.shown, describe(&err)),
-            Ok(Ok((client, connection))) => {
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                Ok(client)
-            }
+            Ok(Err(text)) if text.contains("no encryption") => bail!(
+                "{}: {text} (the server accepts only TLS here: add sslmode=require, or verify-full with sslrootcert)",
+                self.shown
+            ),
+            Ok(Err(text)) => bail!("{}: {text}", self.shown),
+            Ok(Ok((client, _connection))) => Ok(client),
         }
     }
 }
@@ -367,21 +359,70 @@ mod tests {
     }
 
     #[test]
-    fn required_tls_is_refused_from_url_or_variables() {
-        let err = |url: Option<&str>, vars: &[(&str, &str)]| {
+    fn tls_from_url_or_variables_and_never_on_a_socket() {
+        use crate::conninfo::Check;
+        let tls = |url: Option<&str>, vars: &[(&str, &str)]| {
             Server::from_url_or_env(url, &env(vars))
-                .err()
-                .map(|e| format!("{e:#}"))
-                .unwrap_or_default()
+                .map(|s| s.tls.map(|t| (t.check, t.rootcert)))
+                .map_err(|e| format!("{e:#}"))
         };
-        assert!(err(Some("postgresql://u:pw@h/db?sslmode=require"), &[]).contains("needs TLS"));
-        assert!(!err(Some("postgresql://u:pw@h/db?sslmode=require"), &[]).contains("pw@"));
-        assert!(err(None, &[("PGSSLMODE", "verify-full")]).contains("PGSSLMODE"));
-        assert!(err(None, &[("PGCHANNELBINDING", "require")]).contains("PGCHANNELBINDING"));
-        let local = Server::from_url_or_env(None, &env(&[("PGSSLMODE", "disable")])).unwrap();
-        assert_eq!(local.config.get_ssl_mode(), SslMode::Disable);
+        let ca = Some(PathBuf::from("/ca.crt"));
+        assert_eq!(
+            tls(Some("postgresql://u:pw@h/db?sslmode=require"), &[]),
+            Ok(Some((Check::Encrypt, None)))
+        );
+        // libpq: require with a root certificate verifies the chain.
+        assert_eq!(
+            tls(
+                Some("postgresql://u@h/db?sslmode=require"),
+                &[("PGSSLROOTCERT", "/ca.crt")]
+            ),
+            Ok(Some((Check::Chain, ca.clone())))
+        );
+        assert_eq!(
+            tls(
+                None,
+                &[
+                    ("PGHOST", "db.example"),
+                    ("PGSSLMODE", "verify-full"),
+                    ("PGSSLROOTCERT", "/ca.crt")
+                ]
+            ),
+            Ok(Some((Check::ChainAndName, ca.clone())))
+        );
+        // The URL wins over the variable.
+        assert_eq!(
+            tls(
+                Some("postgresql://u@h/db?sslmode=disable"),
+                &[("PGSSLMODE", "verify-full")]
+            ),
+            Ok(None)
+        );
+        // A socket path ignores sslmode, as in libpq (Patroni's PGSSLMODE=require).
+        assert_eq!(
+            tls(None, &[("PGHOST", "/run/pg"), ("PGSSLMODE", "require")]),
+            Ok(None)
+        );
+        assert_eq!(
+            tls(None, &[("PGHOST", "/run/pg"), ("PGSSLMODE", "verify-full")]),
+            Ok(None)
+        );
+        let err = tls(Some("postgresql://u:pw@h/db?sslmode=verify-full"), &[]).unwrap_err();
+        assert!(err.contains("sslrootcert") && !err.contains("pw@"), "{err}");
+        let err = tls(None, &[("PGHOST", "h"), ("PGSSLMODE", "verify-ca")]).unwrap_err();
         assert!(
-            Server::from_url_or_env(Some("postgresql://h/db?sslmode=prefer"), &env(&[])).is_ok()
+            err.starts_with("PGSSLMODE=verify-ca needs the CA file"),
+            "{err}"
+        );
+        let err = tls(None, &[("PGHOST", "h"), ("PGCHANNELBINDING", "require")]).unwrap_err();
+        assert!(
+            err.starts_with("PGCHANNELBINDING=require needs TLS"),
+            "{err}"
+        );
+        assert_eq!(
+            tls(Some("postgresql://h/db?sslmode=prefer"), &[]),
+            Ok(None),
+            "prefer stays plaintext"
         );
     }
 

@@ -715,20 +715,37 @@ fn url_lists_passwords_and_tls_settings() {
         !stdout.contains("pa,ss") && !stderr.contains("pa,ss"),
         "{stdout}{stderr}"
     );
-    // Required TLS is refused in one clear line, exit 2, the password not shown.
-    for url in [
-        "postgresql://admin:s3cret@pgb:6432/pgbouncer?sslmode=require",
-        "postgresql://admin@pgb:6432/pgbouncer?password=s3cret&sslmode=verify-full",
-        "postgresql://admin@pgb:6432/pgbouncer?channel_binding=require",
+    // TLS settings that cannot work are a usage error in one clear line, exit 2, the
+    // password not shown; TLS itself is accepted (the dry run connects to nothing).
+    for (url, cause) in [
+        (
+            "postgresql://admin:s3cret@pgb:6432/pgbouncer?sslmode=verify-full",
+            "needs the CA file",
+        ),
+        (
+            "postgresql://admin@pgb:6432/pgbouncer?password=s3cret&sslmode=verify-everything",
+            "not a libpq sslmode",
+        ),
+        (
+            "postgresql://admin@pgb:6432/pgbouncer?channel_binding=require",
+            "channel_binding=require needs TLS",
+        ),
+        (
+            "postgresql://admin@pgb:6432/pgbouncer?sslmode=verify-full&sslrootcert=system",
+            "sslrootcert=system",
+        ),
     ] {
         let (code, _, stderr) = dry(url);
         assert_eq!(code, Some(2), "{url}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(
-            stderr.contains("needs TLS") && !stderr.contains("s3cret"),
+            stderr.contains(cause) && !stderr.contains("s3cret"),
             "{stderr}"
         );
     }
+    let (code, _, stderr) =
+        dry("postgresql://admin@pgb:6432/pgbouncer?sslmode=verify-full&sslrootcert=/etc/ca.crt");
+    assert_eq!(code, Some(0), "{stderr}");
 }
 
 /// docs/reference.md ends with each binary's `--help`, between `<!-- help:NAME -->` and

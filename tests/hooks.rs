@@ -43,47 +43,15 @@ fn run(cmd: Command) -> (Output, String) {
     (out, stderr)
 }
 
-/// Runs a hook that may leave a detached process behind (before-stop's safety net inherits
-/// its stderr): stderr goes to a file, and only the hook itself is waited for.
-fn run_leaving(mut cmd: Command) -> (Output, String) {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let path = std::env::temp_dir().join(format!("pph-hook-{}-{n}.log", std::process::id()));
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&path).unwrap());
-    let mut child = cmd.spawn().unwrap();
-    let status = common::reap(&mut child, HOOK_TIMEOUT).expect("the hook's exit status");
-    let mut stdout = Vec::new();
-    if let Some(mut pipe) = child.stdout.take() {
-        use std::io::Read;
-        let _ = pipe.read_to_end(&mut stdout);
-    }
-    let stderr = read(&path);
-    let _ = std::fs::remove_file(&path);
-    (
-        Output {
-            status,
-            stdout,
-            stderr: stderr.clone().into_bytes(),
-        },
-        stderr,
-    )
+/// A hook that may leave its safety net behind (holding stderr): waited for itself only.
+fn run_leaving(cmd: Command) -> (Output, String) {
+    let out = common::run_leaving(cmd, HOOK_TIMEOUT);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stderr)
 }
 
-/// A hooks' pause as before-stop makes it: PAUSE sent on an admin session marked
-/// `pph-pause/<id>`, which stays open (holding the mark) until the returned session drops.
 fn hooks_pause(pgb: &PgBouncer, id: &str) -> common::session::Session {
-    let session = common::session::Session::open(
-        &pgb.admin_url(),
-        PgBouncer::ADMIN_PASSWORD,
-        &format!("pph-pause/{id}"),
-    )
-    .expect("a marked admin session");
-    session
-        .run("PAUSE", Duration::from_secs(10))
-        .expect("PAUSE on the marked session");
-    session
+    pgb.hooks_pause(id)
 }
 
 fn before_stop(

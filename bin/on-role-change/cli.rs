@@ -38,7 +38,10 @@ pub struct Cli {
     pub callback: Vec<String>,
 
     /// The local Postgres [default: libpq's variables PGHOST (a socket directory works),
-    /// PGPORT, PGUSER, PGDATABASE, PGPASSWORD, PGPASSFILE; else /var/run/postgresql:5432]
+    /// PGPORT, PGUSER, PGDATABASE, PGPASSWORD, PGPASSFILE; else /var/run/postgresql:5432].
+    /// TLS as in libpq: sslmode (require, verify-ca, verify-full), sslrootcert and
+    /// channel_binding in the URL, else PGSSLMODE, PGSSLROOTCERT, PGCHANNELBINDING; a socket
+    /// path ignores them; prefer (the default) stays plaintext
     #[arg(
         long,
         value_name = "URL",

@@ -68,6 +68,7 @@ pub fn bin(name: &str) -> PathBuf {
 
 pub mod process;
 pub mod session;
+pub mod tls;
 pub use process::*;
 
 /// Says that `test` did not run, and why: `SKIPPED: <test> (<reason>)` on stderr. Written to
@@ -556,6 +557,21 @@ pub struct PgBouncer {
 }
 
 impl PgBouncer {
+    /// A hooks' pause as before-stop makes it: PAUSE sent on an admin session marked
+    /// `pph-pause/<id>`, which stays open (holding the mark) until the returned session drops.
+    pub fn hooks_pause(&self, id: &str) -> session::Session {
+        let session = session::Session::open(
+            &self.admin_url(),
+            Self::ADMIN_PASSWORD,
+            &format!("pph-pause/{id}"),
+        )
+        .unwrap_or_else(|e| panic!("a marked admin session: {e}"));
+        session
+            .run("PAUSE", Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("PAUSE on the marked session: {e}"));
+        session
+    }
+
     /// Password of admin user `pgbouncer_admin`.
     pub const ADMIN_PASSWORD: &'static str = "admin-secret";
     pub const ADMIN_USER: &'static str = "pgbouncer_admin";

@@ -11,6 +11,7 @@ use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -273,4 +274,30 @@ pub fn wait_until<T>(
     f: impl FnMut() -> Option<T>,
 ) -> T {
     wait_for(what, timeout, every, f).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs a hook that may leave a detached process behind (before-stop's safety net inherits
+/// its stderr and holds it open as long as the pause it holds): stderr goes to a file and
+/// only the hook itself is waited for, at most `timeout` (then SIGKILLed).
+pub fn run_leaving(mut cmd: Command, timeout: Duration) -> Output {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let path = std::env::temp_dir().join(format!("pph-hook-{}-{n}.log", std::process::id()));
+    let file = fs::File::create(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(file);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let status = reap(&mut child, timeout).expect("the hook's exit status");
+    let mut stdout = Vec::new();
+    if let Some(mut pipe) = child.stdout.take() {
+        let _ = pipe.read_to_end(&mut stdout);
+    }
+    let stderr = fs::read(&path).unwrap_or_default();
+    let _ = fs::remove_file(&path);
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
 }
