@@ -5,14 +5,26 @@
 # PgBouncer can run from it too: /hooks/pgbouncer-watchdog.
 #
 # It packs the binaries that scripts/check-static builds and checks (static musl, no
-# PT_INTERP, no DT_NEEDED, run with an empty environment); it does not compile. So:
+# PT_INTERP, no DT_NEEDED, run with an empty environment); it does not compile. TARGET names
+# the Rust target whose binaries it copies, so build them first, for each architecture:
 #
-#   scripts/check-static          # or: cargo build --locked --release --target x86_64-unknown-linux-musl
+#   scripts/check-static          # both targets: target/{x86_64,aarch64}-unknown-linux-musl/release/
+#   # amd64 only (the default TARGET):
 #   docker build --build-arg VERSION=0.1.0 -t registry.example.com/patroni-pgbouncer-hooks:0.1.0 .
+#   # amd64 and arm64 under one tag: one build per platform, each with its TARGET (--platform
+#   # picks the base image's architecture; there is no RUN, so nothing is emulated), then an index:
+#   docker buildx build --platform linux/amd64 --build-arg TARGET=x86_64-unknown-linux-musl \
+#     --build-arg VERSION=0.1.0 -t registry.example.com/patroni-pgbouncer-hooks:0.1.0-amd64 --push .
+#   docker buildx build --platform linux/arm64 --build-arg TARGET=aarch64-unknown-linux-musl \
+#     --build-arg VERSION=0.1.0 -t registry.example.com/patroni-pgbouncer-hooks:0.1.0-arm64 --push .
+#   docker buildx imagetools create -t registry.example.com/patroni-pgbouncer-hooks:0.1.0 \
+#     registry.example.com/patroni-pgbouncer-hooks:0.1.0-amd64 registry.example.com/patroni-pgbouncer-hooks:0.1.0-arm64
 #
-# scripts/image builds this same Dockerfile offline with buildah (CI does, on every run): with
-# BASE_IMAGE set to a local image of Debian's busybox-static instead of pulling busybox, then
-# runs the result unpacked. TARGET picks another musl target's binaries (e.g. aarch64).
+# scripts/image builds this same Dockerfile offline with buildah (CI does, on every run), once
+# per target of scripts/binaries.sh (`buildah bud --platform linux/<arch> --build-arg
+# TARGET=...`, BASE_IMAGE a local image of Debian's busybox-static of that architecture
+# instead of pulling busybox), puts both images into one OCI image index, and runs each
+# unpacked (arm64 under qemu-aarch64-static).
 
 ARG BASE_IMAGE=busybox:1.37.0-musl
 FROM ${BASE_IMAGE}
