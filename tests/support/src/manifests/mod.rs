@@ -76,13 +76,17 @@ pub fn render(dir: &Path) -> Res<Vec<Value>> {
     parse_docs(&out)
 }
 
-/// The hooks' gzip'd binaries that configmap/kustomization.yaml's generator reads.
+/// The hooks' xz'd binaries that configmap/kustomization.yaml's generator reads.
 pub const PACKED: &[&str] = &[
-    "configmap/hooks-bin/before-stop.gz",
-    "configmap/hooks-bin/on-role-change.gz",
+    "configmap/hooks-bin/before-stop-amd64.xz",
+    "configmap/hooks-bin/on-role-change-amd64.xz",
+    "configmap/hooks-bin/pgbouncer-watchdog-amd64.xz",
+    "configmap/hooks-bin/before-stop-arm64.xz",
+    "configmap/hooks-bin/on-role-change-arm64.xz",
+    "configmap/hooks-bin/pgbouncer-watchdog-arm64.xz",
 ];
 
-/// Runs `scripts/configmap` (static release build, gzip -9 into configmap/hooks-bin/), once
+/// Runs `scripts/configmap` (static release build, xz -9 into configmap/hooks-bin/), once
 /// per test process: tests that call it together wait for the one run instead of racing on
 /// the files it writes.
 pub fn pack_hooks() {
