@@ -1358,6 +1358,15 @@ fn a_dba_s_pause_survives_the_hooks_their_net_and_the_watchdog() {
         "{metrics}"
     );
     assert_eq!(http_get(port, "/readyz").0, 200, "{}", read(&log));
+    // The operator's command says the same, and exits 1 while PgBouncer is paused.
+    let (out, stderr) = run(hook(
+        "pgbouncer-watchdog",
+        &["--status", "--listen", &listen],
+        PgBouncer::ADMIN_PASSWORD,
+    ));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["pgbouncers"][0]["owner"], "other", "{printed}");
     // The DBA ends it.
     pgb.admin("RESUME").unwrap();
     wait_event(&log, "pause-ended", |e| e["owner"] == "other");
