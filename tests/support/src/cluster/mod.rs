@@ -131,7 +131,7 @@ pub struct Opts {
     /// the initial cluster starts reconciled.
     pub controller_delay: Duration,
     /// Start a watchdog beside each PgBouncer (host side, outside every pod):
-    /// `on-role-change --watch ... --max-pause <this>`. None: no watchdog (default).
+    /// `pgbouncer-watchdog ... --max-pause <this>`. None: no watchdog (default).
     pub watchdog: Option<Duration>,
     /// The hooks reach each PgBouncer through a cuttable TCP proxy (`proxy::Proxy`) instead
     /// of directly; clients and the harness still connect directly.
