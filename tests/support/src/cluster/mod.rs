@@ -465,6 +465,8 @@ pub struct Bouncer {
     pub ip: Option<std::net::Ipv4Addr>,
     /// The watchdog sidecar beside this PgBouncer, when the scenario has one.
     pub watchdog: Option<Proc>,
+    /// When this PgBouncer's pods were deleted (µs): a pause ends with its process.
+    pub gone: Vec<i64>,
 }
 
 impl Bouncer {
@@ -489,9 +491,10 @@ impl Bouncer {
             self.port
         )
     }
-    /// Times (µs) of `PAUSE command issued` / `RESUME command issued` in PgBouncer's log.
+    /// Times (µs) of `PAUSE command issued` / `RESUME command issued` in PgBouncer's log,
+    /// and `GONE` when its pod was deleted, in time order.
     pub fn admin_events(&self) -> Vec<(i64, String)> {
-        read(&self.log_path())
+        let mut ev: Vec<(i64, String)> = read(&self.log_path())
             .lines()
             .filter_map(|l| {
                 let ev = if l.contains("PAUSE command issued") {
@@ -503,7 +506,10 @@ impl Bouncer {
                 };
                 Some((parse_log_ts(l)?, ev.to_string()))
             })
-            .collect()
+            .collect();
+        ev.extend(self.gone.iter().map(|&t| (t, "GONE".to_string())));
+        ev.sort();
+        ev
     }
 }
 
@@ -650,6 +656,7 @@ impl Cluster {
                 ns: None,
                 ip: None,
                 watchdog: None,
+                gone: vec![],
             });
         }
         // 0755 so the postgres user can traverse; files inside are owned by postgres.
@@ -1199,6 +1206,7 @@ ignore_startup_parameters = extra_float_digits
         }
         if let Some(mut p) = self.bouncers[i].proc.take() {
             p.stop(grace);
+            self.bouncers[i].gone.push(now_us());
         }
         if let Some(net) = self.net.as_mut() {
             net.del_pod(&format!("pgbouncer{}", i + 1));

@@ -41,6 +41,8 @@ pub const POD_CIDR: &str = "10.213.0.0/16";
 pub const PG_PORT: u16 = 5432;
 
 const PREFIX: &str = "pph-";
+/// kube-proxy's KUBE-MARK-MASQ bit.
+const MASQ_MARK: &str = "0x4000";
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// One pod's network: its namespace and address.
@@ -64,6 +66,9 @@ pub struct PodNet {
     pub bouncer_pods: Vec<String>,
     /// addresses of deleted pods (blackholed on the node)
     pub gone: Vec<Ipv4Addr>,
+    /// Deleted PgBouncer pods whose address `pgbouncer-admin` still names until their
+    /// replacement starts (see `del_pod`).
+    stale_dns: BTreeMap<String, Ipv4Addr>,
 }
 
 fn ip(args: &[&str]) -> Res<String> {
@@ -182,6 +187,7 @@ impl PodNet {
             veths: 0,
             bouncer_pods: vec![],
             gone: vec![],
+            stale_dns: BTreeMap::new(),
         };
         ip(&["netns", "add", &node])?;
         let node_ip = format!("{NODE_IP}/24");
@@ -239,6 +245,22 @@ impl PodNet {
                 "PPH-SVC-PG",
             ],
         )?;
+        in_node(
+            &node,
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-m",
+                "mark",
+                "--mark",
+                &format!("{MASQ_MARK}/{MASQ_MARK}"),
+                "-j",
+                "MASQUERADE",
+            ],
+        )?;
         in_node(&node, &["iptables", "-N", "PPH-SVC-PG-NOEP"])?;
         in_node(
             &node,
@@ -285,6 +307,19 @@ impl PodNet {
             "-n", node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
         ])?;
         ip(&["-n", node, "link", "set", &veth, "master", "br0", "up"])?;
+        // kubelet's hairpin-veth: with br_netfilter loaded, a pod's packet to the Service
+        // that DNATs to the pod itself is bridged back out of the port it came in on
+        ip(&[
+            "-n",
+            node,
+            "link",
+            "set",
+            &veth,
+            "type",
+            "bridge_slave",
+            "hairpin",
+            "on",
+        ])?;
         for args in [
             vec!["link", "set", "lo", "up"],
             vec!["addr", "add", &cidr, "dev", "eth0"],
@@ -302,6 +337,7 @@ impl PodNet {
             ip: addr,
         };
         self.pods.insert(name.into(), pod.clone());
+        self.stale_dns.remove(name);
         self.write_hosts();
         log(format!("pod {name}: network namespace {}, {addr}", pod.ns));
         Ok(pod)
@@ -309,10 +345,17 @@ impl PodNet {
 
     /// The pod's network is gone: its namespace (and so its veth) deleted, what still ran in
     /// it killed, and its address blackholed on the node, so it answers nothing from now on.
+    /// A PgBouncer pod's address stays in `pgbouncer-admin` until its replacement starts:
+    /// the headless Service publishes not-ready addresses (configmap/pgbouncer-services.yaml),
+    /// so the endpoints controller keeps a terminating pod until it is gone, and cluster DNS
+    /// caches the answer (CoreDNS `cache 30`) on top.
     pub fn del_pod(&mut self, name: &str) {
         let Some(pod) = self.pods.remove(name) else {
             return;
         };
+        if self.bouncer_pods.iter().any(|b| b == name) {
+            self.stale_dns.insert(name.into(), pod.ip);
+        }
         remove_ns(&pod.ns);
         let cidr = format!("{}/32", pod.ip);
         let _ = ip(&["-n", &self.node, "route", "add", "blackhole", &cidr]);
@@ -335,8 +378,9 @@ impl PodNet {
             own.ip, own.name
         );
         for b in &self.bouncer_pods {
-            if let Some(p) = self.pods.get(b) {
-                t.push_str(&format!("{}\tpgbouncer-admin\n", p.ip));
+            let ip = self.pods.get(b).map(|p| p.ip);
+            if let Some(ip) = ip.or(self.stale_dns.get(b).copied()) {
+                t.push_str(&format!("{ip}\tpgbouncer-admin\n"));
             }
         }
         if let Some(e) = self.pods.get("etcd") {
@@ -365,8 +409,11 @@ impl PodNet {
 /// their conntrack entry, whatever the rule says now.
 pub fn set_endpoint(node: &str, target: Option<Ipv4Addr>) -> Res<()> {
     let rules = match target {
+        // kube-proxy's hairpin rule: a pod reaching itself through the Service is
+        // masqueraded (else its reply would go to itself directly and the kernel drops a
+        // packet from its own address arriving on eth0 as martian)
         Some(t) => format!(
-            "*nat\n:PPH-SVC-PG - [0:0]\n-A PPH-SVC-PG -p tcp -j DNAT --to-destination {t}:{PG_PORT}\nCOMMIT\n*filter\n:PPH-SVC-PG-NOEP - [0:0]\nCOMMIT\n"
+            "*nat\n:PPH-SVC-PG - [0:0]\n-A PPH-SVC-PG -s {t}/32 -j MARK --set-xmark {MASQ_MARK}/{MASQ_MARK}\n-A PPH-SVC-PG -p tcp -j DNAT --to-destination {t}:{PG_PORT}\nCOMMIT\n*filter\n:PPH-SVC-PG-NOEP - [0:0]\nCOMMIT\n"
         ),
         None => "*nat\n:PPH-SVC-PG - [0:0]\nCOMMIT\n*filter\n:PPH-SVC-PG-NOEP - [0:0]\n-A PPH-SVC-PG-NOEP -p tcp -j REJECT --reject-with icmp-port-unreachable\nCOMMIT\n".to_string(),
     };

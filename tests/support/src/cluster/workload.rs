@@ -505,14 +505,15 @@ pub fn bouncer_admin(b: &Bouncer, sql: &str) -> Res<()> {
 
 /// The paused intervals in PgBouncer's PAUSE/RESUME log events, as (start, length) in µs: a
 /// PAUSE while paused (PgBouncer refuses it) and a RESUME while not paused change nothing; a
-/// pause still open at `end` lasts until `end`.
+/// pause ends with the PgBouncer (`GONE`: its pod deleted); a pause still open at `end`
+/// lasts until `end`.
 pub fn pause_spans(events: &[(i64, String)], end: i64) -> Vec<(i64, i64)> {
     let mut out = vec![];
     let mut since: Option<i64> = None;
     for (t, e) in events {
         match (e.as_str(), since) {
             ("PAUSE", None) => since = Some(*t),
-            ("RESUME", Some(s)) => {
+            ("RESUME" | "GONE", Some(s)) => {
                 out.push((s, t - s));
                 since = None;
             }
