@@ -1,16 +1,16 @@
 //! The endpoints-controller stand-in for the `pg` Service of the pod network (netns.rs).
 //!
 //! With Patroni's Kubernetes DCS (what StackGres runs, `use_endpoints: true`), the leader
-//! lock *is* the Endpoints object of the primary Service: the member that takes the lock
-//! writes its own pod IP into the Endpoints' subsets in the same update, and a leader that
-//! releases the lock (demotion, shutdown) empties them (patroni/dcs/kubernetes.py:
-//! `_update_leader_with_retry`/`attempt_to_acquire_leader` write `subsets` with the leader's
-//! address, `delete_leader` writes `subsets = []`). kube-proxy then rewrites the node's DNAT
-//! rule some milliseconds to seconds later. Here the DCS is etcd, so the stand-in reads the
-//! same fact from it: the leader key `/service/<scope>/leader` and that member's
-//! `conn_url` (the address Patroni itself published), and applies it to the node's DNAT rule
-//! after `lag`. A lease that expires (a leader killed without grace) empties the Service
-//! only then, as the Endpoints keep the dead pod's IP until another member takes the lock.
+//! lock *is* the Endpoints object of the primary Service: "both the annotations, containing
+//! the leader information, and the actual addresses pointing to the running leader pod are
+//! updated simultaneously in one go" (patroni/patroni docs/kubernetes.rst, "Use Endpoints").
+//! kube-proxy then rewrites the node's DNAT rule some milliseconds to seconds later. Here the
+//! DCS is etcd, so the stand-in reads the same fact from it: the leader key
+//! `/service/<scope>/leader` and that member's `conn_url` (the address Patroni itself
+//! published), and applies it to the node's DNAT rule `lag` after it changed (the newest
+//! state wins, as kube-proxy's sync applies the latest Endpoints). No leader key: no
+//! endpoints (new connections rejected). A leader killed without grace keeps the key, and so
+//! the Service keeps pointing at its dead address, until the key's TTL runs out.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};

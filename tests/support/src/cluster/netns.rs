@@ -420,6 +420,35 @@ pub fn set_endpoint(node: &str, target: Option<Ipv4Addr>) -> Res<()> {
     restore(node, &rules)
 }
 
+/// Makes the node reject (TCP reset) every new connection from `src` to port `port`
+/// (`on`), or stop doing so: a NetworkPolicy flap between two pods.
+pub fn reject(node: &str, src: Ipv4Addr, port: u16, on: bool) -> Res<()> {
+    let (src, port) = (format!("{src}/32"), port.to_string());
+    log(format!(
+        "node: connections from {src} to port {port} {}",
+        if on { "REJECTED" } else { "allowed again" }
+    ));
+    in_node(
+        node,
+        &[
+            "iptables",
+            if on { "-I" } else { "-D" },
+            "FORWARD",
+            "-s",
+            &src,
+            "-p",
+            "tcp",
+            "--dport",
+            &port,
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ],
+    )
+    .map(|_| ())
+}
+
 fn restore(node: &str, rules: &str) -> Res<()> {
     use std::io::Write;
     let mut child = Command::new("ip")
