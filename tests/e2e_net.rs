@@ -94,7 +94,8 @@ impl Outcome {
                     .join("+"),
             ),
         ];
-        f.extend(self.facts.iter().cloned());
+        // facts named `_...` are for the assertions only
+        f.extend(self.facts.iter().filter(|f| !f.0.starts_with('_')).cloned());
         let mut s = String::from("RESULT");
         for (k, v) in f {
             s.push_str(&format!(" {k}={}", v.replace(' ', "_")));
@@ -398,15 +399,22 @@ fn n_kill_primary(p: u8) {
             f.push(("new_leader".into(), l));
             f.push(("failover_ms".into(), format!("{:.0}", ms(now_us() - t0))));
             let m2 = c.member("m2").ip;
-            let moved = c.endpoints.as_ref().and_then(|e| {
-                e.changes
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .find(|ch| ch.0 > t0 && ch.1 == m2)
-                    .map(|ch| ch.0)
-            });
-            let moved = moved.ok_or("the Service never reached m2")?;
+            // the stand-in applies the new leader `lag` after Patroni reports it
+            let moved = wait_for(
+                "the Service to reach m2",
+                Duration::from_secs(15),
+                Duration::from_millis(50),
+                || {
+                    c.endpoints.as_ref().and_then(|e| {
+                        e.changes
+                            .lock()
+                            .unwrap()
+                            .iter()
+                            .find(|ch| ch.0 > t0 && ch.1 == m2)
+                            .map(|ch| ch.0)
+                    })
+                },
+            )?;
             f.push(("service_moved_ms".into(), format!("{:.0}", ms(moved - t0))));
             f.push(("_moved_at".into(), moved.to_string()));
             c.start_pod("m1")?;
