@@ -710,3 +710,40 @@ mod lag {
         }
     }
 }
+
+/// A test process killed before its Drop leaves its namespaces; the next `PodNet::new`
+/// sweeps every `pph-<pid>-*` namespace (and hosts directory) whose process is gone, and
+/// leaves those of live processes alone.
+#[test]
+fn stale_namespaces_are_swept() {
+    if !wants_net() {
+        panic!("the pod network needs root (ip netns)");
+    }
+    let _g = serial();
+    // a pid that is certainly gone: a child we started and reaped
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = format!("pph-{dead}-0-node");
+    let live = format!("pph-{}-999-live", std::process::id());
+    for ns in [&stale, &live] {
+        run_ok(
+            std::process::Command::new("ip").args(["netns", "add", ns]),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        std::fs::create_dir_all(format!("/etc/netns/{ns}")).unwrap();
+    }
+    cluster::netns::sweep();
+    let exists = |ns: &str| std::path::Path::new(&format!("/run/netns/{ns}")).exists();
+    let stale_left =
+        exists(&stale) || std::path::Path::new(&format!("/etc/netns/{stale}")).exists();
+    let live_left = exists(&live);
+    let _ = run(
+        std::process::Command::new("ip").args(["netns", "del", &live]),
+        Duration::from_secs(10),
+    );
+    let _ = std::fs::remove_dir_all(format!("/etc/netns/{live}"));
+    assert!(!stale_left, "stale namespace {stale} not swept");
+    assert!(live_left, "a live test's namespace {live} was swept");
+}
