@@ -3,6 +3,10 @@
 //! all on 127.0.0.1, free ports, one temp dir, every process started here stopped by
 //! PID / process group at the end, every wait bounded.
 //!
+//! With `Opts::net` the same cluster runs on a pod network instead (netns.rs: every pod in
+//! its own network namespace, the primary Service `pg` DNAT'ed by the node to the leader
+//! that endpoints.rs follows, the hooks wired with configmap/'s names): tests/e2e_net.rs.
+//!
 //! Workload: pgbench (with `-l`, parsed for failures and the longest gap between
 //! committed transactions) and a reconnecting probe client (tokio-postgres) that
 //! counts every error it sees.
