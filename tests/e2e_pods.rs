@@ -766,6 +766,12 @@ fn pause_spans_from_log_events() {
             100,
             &[(10, 5), (40, 60)],
         ),
+        // a pause ends with the PgBouncer whose pod was deleted
+        (
+            &[(10, "PAUSE"), (12, "GONE"), (20, "PAUSE"), (30, "RESUME")],
+            100,
+            &[(10, 2), (20, 10)],
+        ),
     ];
     for (events, end, want) in cases {
         assert_eq!(

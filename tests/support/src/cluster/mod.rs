@@ -3,11 +3,17 @@
 //! all on 127.0.0.1, free ports, one temp dir, every process started here stopped by
 //! PID / process group at the end, every wait bounded.
 //!
+//! With `Opts::net` the same cluster runs on a pod network instead (netns.rs: every pod in
+//! its own network namespace, the primary Service `pg` DNAT'ed by the node to the leader
+//! that endpoints.rs follows, the hooks wired with configmap/'s names): tests/e2e_net.rs.
+//!
 //! Workload: pgbench (with `-l`, parsed for failures and the longest gap between
 //! committed transactions) and a reconnecting probe client (tokio-postgres) that
 //! counts every error it sees.
 
 pub mod bench;
+pub mod endpoints;
+pub mod netns;
 pub mod proxy;
 pub mod util;
 pub mod workload;
@@ -147,6 +153,12 @@ pub struct Opts {
     /// connections (Patroni's REST API goes silent on SIGTERM, which fails the check within
     /// 1 s, before before-stop may have paused).
     pub haproxy_cut_sessions: bool,
+    /// The pod network (netns.rs): every pod (members, PgBouncers, etcd, the clients) in
+    /// its own network namespace with its own address, the primary Service `pg` a virtual IP
+    /// DNAT'ed to the leader by the endpoints stand-in (endpoints.rs) this long after the
+    /// leader changed, the hooks wired with the manifests' names. None: loopback (HAProxy).
+    /// Set by `Opts::net`.
+    pub net: Option<Duration>,
 }
 
 impl Opts {
@@ -167,7 +179,17 @@ impl Opts {
             new_pgbouncer: false,
             pgbouncer_extra: vec![],
             haproxy_cut_sessions: true,
+            net: None,
         }
+    }
+
+    /// `Opts::pods` in the pod network, with the endpoints stand-in's `lag`, and two
+    /// PgBouncer pods behind the headless `pgbouncer-admin` name.
+    pub fn net(label: &str, patroni: u8, lag: Duration) -> Opts {
+        let mut o = Opts::pods(label, patroni);
+        o.net = Some(lag);
+        o.pgbouncers = 2;
+        o
     }
 
     /// The default for new scenarios: members in pods (hooks on), a 5 s grace period,
@@ -398,8 +420,14 @@ pub struct Member {
     pub proc: Option<Proc>,
     /// Runs in a pod (own PID namespace).
     pub pod: bool,
+    /// Runs in the pod network (own network namespace).
+    pub pod_net: bool,
     /// Pods started for this member so far (1 after the cluster start).
     pub pod_starts: u32,
+    /// Pod network: the running pod's network namespace and address (None while it is gone,
+    /// and always on loopback).
+    pub ns: Option<String>,
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 impl Member {
@@ -426,7 +454,16 @@ impl Member {
         }
     }
     pub fn is_primary(&self) -> bool {
-        matches!(http_get(self.rest_port, "/primary"), Ok((200, _)))
+        matches!(self.http("GET", "/primary", ""), Ok((200, _)))
+    }
+    /// A request to the member's REST API on 127.0.0.1 (in its pod's network namespace on
+    /// the pod network).
+    pub fn http(&self, method: &str, path: &str, body: &str) -> Res<(u16, String)> {
+        let port = self.rest_port;
+        if self.pod_net && self.ns.is_none() {
+            return Err(format!("{}'s pod is gone", self.name));
+        }
+        netns::in_ns(self.ns.as_deref(), || http_req(port, method, path, body))
     }
     pub fn postmaster_pid(&self) -> Option<i64> {
         read(&self.data_dir().join("postmaster.pid"))
@@ -444,9 +481,28 @@ pub struct Bouncer {
     pub bin: PathBuf,
     pub version: (u32, u32),
     pub proc: Option<Proc>,
+    /// Pod network: the pod's network namespace and address (None on loopback).
+    pub ns: Option<String>,
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// The watchdog sidecar beside this PgBouncer, when the scenario has one.
+    pub watchdog: Option<Proc>,
+    /// When this PgBouncer's pods were deleted (µs): a pause ends with its process.
+    pub gone: Vec<i64>,
 }
 
 impl Bouncer {
+    /// Where a client reaches this PgBouncer: 127.0.0.1:port, or on the pod network the
+    /// pod's address, from the clients' pod.
+    pub fn client_dest(&self, app_ns: Option<&str>) -> workload::Dest {
+        match (self.ip, app_ns) {
+            (Some(ip), Some(ns)) => workload::Dest {
+                host: ip.to_string(),
+                port: self.port,
+                ns: Some(ns.to_string()),
+            },
+            _ => workload::Dest::local(self.port),
+        }
+    }
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("pgbouncer.log")
     }
@@ -456,9 +512,10 @@ impl Bouncer {
             self.port
         )
     }
-    /// Times (µs) of `PAUSE command issued` / `RESUME command issued` in PgBouncer's log.
+    /// Times (µs) of `PAUSE command issued` / `RESUME command issued` in PgBouncer's log,
+    /// and `GONE` when its pod was deleted, in time order.
     pub fn admin_events(&self) -> Vec<(i64, String)> {
-        read(&self.log_path())
+        let mut ev: Vec<(i64, String)> = read(&self.log_path())
             .lines()
             .filter_map(|l| {
                 let ev = if l.contains("PAUSE command issued") {
@@ -470,7 +527,10 @@ impl Bouncer {
                 };
                 Some((parse_log_ts(l)?, ev.to_string()))
             })
-            .collect()
+            .collect();
+        ev.extend(self.gone.iter().map(|&t| (t, "GONE".to_string())));
+        ev.sort();
+        ev
     }
 }
 
@@ -493,13 +553,18 @@ pub struct Cluster {
     stopped: bool,
     /// One per PgBouncer when `opts.admin_proxy`: what the hooks connect to.
     pub admin_proxies: Vec<proxy::Proxy>,
-    /// One per PgBouncer when `opts.watchdog` is set.
-    pub watchdogs: Vec<Proc>,
     /// The controller stand-in's pending reconciles, and when each added the hooks
     /// (member, µs since epoch).
     controllers: Vec<std::thread::JoinHandle<()>>,
     controller_stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub reconciled: std::sync::Arc<std::sync::Mutex<Vec<(String, i64)>>>,
+    /// The endpoints stand-in of the pod network's `pg` Service. Before `net`: it stops
+    /// before the namespaces go.
+    pub endpoints: Option<endpoints::Endpoints>,
+    /// The pod network (None on loopback); dropped last, removing every namespace.
+    pub net: Option<netns::PodNet>,
+    /// The clients' pod (pgbench, probe, patronictl) on the pod network.
+    pub app_ns: Option<String>,
 }
 
 fn pgbouncer_version(bin: &Path) -> (u32, u32) {
@@ -550,11 +615,19 @@ impl Cluster {
             keep: std::env::var("PPH_KEEP").is_ok_and(|v| v == "1"),
             stopped: false,
             admin_proxies: vec![],
-            watchdogs: vec![],
             controllers: vec![],
             controller_stop: Default::default(),
             reconciled: Default::default(),
+            endpoints: None,
+            net: None,
+            app_ns: None,
         };
+        let on_net = c.opts.net.is_some();
+        if on_net {
+            c.opts.pod = true;
+            c.net = Some(netns::PodNet::new()?);
+            c.etcd_port = 2379;
+        }
         log(format!(
             "cluster {} in {} (patroni {}, hooks {:?}, hook binaries {})",
             c.opts.label,
@@ -568,13 +641,21 @@ impl Cluster {
             std::fs::create_dir_all(mdir.join("pglog")).map_err(|e| e.to_string())?;
             c.members.push(Member {
                 name: name.to_string(),
-                pg_port: ports[4 + 2 * i],
-                rest_port: ports[5 + 2 * i],
+                // the manifests' ports (configmap/sgcluster.yaml: REST API on 8009)
+                pg_port: if on_net {
+                    netns::PG_PORT
+                } else {
+                    ports[4 + 2 * i]
+                },
+                rest_port: if on_net { 8009 } else { ports[5 + 2 * i] },
                 cfg: mdir.join("patroni.yml"),
                 dir: mdir,
                 proc: None,
                 pod: c.opts.pod,
+                pod_net: on_net,
                 pod_starts: 0,
+                ns: None,
+                ip: None,
             });
         }
         for i in 0..c.opts.pgbouncers {
@@ -587,11 +668,16 @@ impl Cluster {
             };
             let version = pgbouncer_version(&bin);
             c.bouncers.push(Bouncer {
-                port: ports[8 + i],
+                // configmap/pgbouncer-config.yaml: listen_port = 6432
+                port: if on_net { 6432 } else { ports[8 + i] },
                 dir: bdir,
                 bin,
                 version,
                 proc: None,
+                ns: None,
+                ip: None,
+                watchdog: None,
+                gone: vec![],
             });
         }
         // 0755 so the postgres user can traverse; files inside are owned by postgres.
@@ -613,6 +699,18 @@ impl Cluster {
     }
 
     fn start_all(&mut self, etcd_peer: u16) -> Res<()> {
+        if let Some(net) = self.net.as_mut() {
+            net.bouncer_pods = (1..=self.bouncers.len())
+                .map(|i| format!("pgbouncer{i}"))
+                .collect();
+            self.app_ns = Some(net.add_pod("app")?.ns);
+            for i in 0..self.members.len() {
+                let name = self.members[i].name.clone();
+                let p = net.add_pod(&name)?;
+                self.members[i].ns = Some(p.ns);
+                self.members[i].ip = Some(p.ip);
+            }
+        }
         self.start_etcd(etcd_peer)?;
         for i in 0..2 {
             self.write_patroni_cfg(i);
@@ -626,14 +724,19 @@ impl Cluster {
         )?;
         self.create_app_db()?;
         self.start_patroni(1)?;
-        self.start_haproxy()?;
+        if let (Some(lag), Some(net)) = (self.opts.net, self.net.as_ref()) {
+            let etcd = net.pod("etcd").ok_or("no etcd pod")?.ip;
+            self.endpoints = Some(endpoints::Endpoints::start(
+                net,
+                (etcd, self.etcd_port).into(),
+                &self.scope,
+                lag,
+            ));
+        } else {
+            self.start_haproxy()?;
+        }
         for i in 0..self.bouncers.len() {
             self.start_pgbouncer(i)?;
-        }
-        if let Some(max) = self.opts.watchdog {
-            for i in 0..self.bouncers.len() {
-                self.start_watchdog(i, max)?;
-            }
         }
         self.wait_healthy(Duration::from_secs(90))?;
         log(format!(
@@ -645,8 +748,17 @@ impl Cluster {
 
     fn start_etcd(&mut self, peer: u16) -> Res<()> {
         let d = self.dir.join("etcd");
-        let client = format!("http://127.0.0.1:{}", self.etcd_port);
-        let peer = format!("http://127.0.0.1:{peer}");
+        let (mut client, mut peer) = (
+            format!("http://127.0.0.1:{}", self.etcd_port),
+            format!("http://127.0.0.1:{peer}"),
+        );
+        let mut ns = None;
+        if let Some(net) = self.net.as_mut() {
+            let p = net.add_pod("etcd")?;
+            client = format!("http://{}:{}", p.ip, self.etcd_port);
+            peer = format!("http://{}:2380", p.ip);
+            ns = Some(p.ns);
+        }
         let mut cmd = Command::new(&self.tools.etcd);
         cmd.args(["--name", "e2e", "--data-dir"])
             .arg(&d)
@@ -665,6 +777,14 @@ impl Cluster {
             .args(["--initial-cluster", &format!("e2e={peer}")])
             .args(["--initial-cluster-state", "new", "--log-level", "warn"])
             .env("ETCD_UNSUPPORTED_ARCH", "");
+        if ns.is_some() {
+            // clients in the etcd pod itself (the health check) use 127.0.0.1
+            cmd.args([
+                "--listen-client-urls",
+                &format!("{client},http://127.0.0.1:{}", self.etcd_port),
+            ]);
+        }
+        let cmd = in_pod(cmd, ns.as_deref());
         self.etcd = Some(Proc::spawn("etcd", cmd, &self.dir.join("etcd.log"))?);
         let port = self.etcd_port;
         wait_for(
@@ -672,8 +792,8 @@ impl Cluster {
             Duration::from_secs(30),
             Duration::from_millis(100),
             || {
-                matches!(http_get(port, "/health"), Ok((200, ref b)) if b.contains("true"))
-                    .then_some(())
+                let h = netns::in_ns(ns.as_deref(), || http_get(port, "/health"));
+                matches!(h, Ok((200, ref b)) if b.contains("true")).then_some(())
             },
         )
     }
@@ -722,6 +842,10 @@ impl Cluster {
     /// Member `i`'s patroni.yml, with or without before_stop and the callbacks.
     pub fn patroni_cfg(&self, i: usize, with_hooks: bool) -> String {
         let m = &self.members[i];
+        let (listen, addr, etcd) = match (m.ip, self.net.as_ref().and_then(|n| n.pod("etcd"))) {
+            (Some(ip), Some(e)) => ("0.0.0.0".to_string(), ip.to_string(), e.ip.to_string()),
+            _ => ("127.0.0.1".into(), "127.0.0.1".into(), "127.0.0.1".into()),
+        };
         let mut y = String::new();
         let _ = write!(
             y,
@@ -731,10 +855,10 @@ log:
   level: INFO
   format: '%(asctime)s %(levelname)s: %(message)s'
 restapi:
-  listen: 127.0.0.1:{rest}
-  connect_address: 127.0.0.1:{rest}
+  listen: {listen}:{rest}
+  connect_address: {addr}:{rest}
 etcd3:
-  hosts: 127.0.0.1:{etcd}
+  hosts: {etcd}:{etcd_port}
 bootstrap:
   dcs:
     ttl: 20
@@ -756,8 +880,8 @@ bootstrap:
   - encoding: UTF8
   - locale: C
 postgresql:
-  listen: 127.0.0.1:{pg}
-  connect_address: 127.0.0.1:{pg}
+  listen: {listen}:{pg}
+  connect_address: {addr}:{pg}
   data_dir: {data}
   bin_dir: {bin}
   pgpass: {dir}/pgpass
@@ -774,6 +898,8 @@ postgresql:
   - local all all trust
   - host replication replicator 127.0.0.1/32 scram-sha-256
   - host all all 127.0.0.1/32 scram-sha-256
+  - host replication replicator {pods} scram-sha-256
+  - host all all {pods} scram-sha-256
   parameters:
     unix_socket_directories: '{dir}'
     logging_collector: 'on'
@@ -788,7 +914,8 @@ postgresql:
             scope = self.scope,
             name = m.name,
             rest = m.rest_port,
-            etcd = self.etcd_port,
+            etcd_port = self.etcd_port,
+            pods = netns::POD_CIDR,
             pg = m.pg_port,
             data = m.data_dir().display(),
             bin = PG_BIN,
@@ -815,7 +942,12 @@ postgresql:
     /// timeout and falls back to patronictl.
     pub fn patroni_env(&self, i: usize) -> Vec<(String, String)> {
         let m = &self.members[i];
-        let urls: Vec<String> = if self.admin_proxies.is_empty() {
+        let urls: Vec<String> = if self.net.is_some() {
+            // configmap/sgcluster.yaml: the headless Service, every PgBouncer pod
+            vec![format!(
+                "postgresql://{ADMIN_USER}@pgbouncer-admin:6432/pgbouncer"
+            )]
+        } else if self.admin_proxies.is_empty() {
             self.bouncers.iter().map(|b| b.admin_url()).collect()
         } else {
             self.admin_proxies
@@ -846,8 +978,8 @@ postgresql:
             (
                 "HOOKS_UPSTREAM_URLS".into(),
                 format!(
-                    "postgresql://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/app",
-                    self.haproxy_port
+                    "postgresql://{APP_USER}:{APP_PASSWORD}@{}/app",
+                    self.upstream()
                 ),
             ),
         ];
@@ -866,7 +998,10 @@ postgresql:
             // The pod: a new PID namespace whose PID 1 is tini (as postgres, like StackGres'
             // uid 999); /proc remounted so Patroni's and Postgres' PIDs make sense inside.
             // When tini exits the kernel kills every process left in the namespace.
-            let mut c = Command::new("unshare");
+            let mut c = match self.members[i].ns.as_deref() {
+                Some(ns) => netns::exec_in(ns, "unshare"),
+                None => Command::new("unshare"),
+            };
             c.args([
                 "--pid",
                 "--fork",
@@ -935,16 +1070,9 @@ postgresql:
         let m = &self.members[0];
         run_ok(
             Command::new(format!("{PG_BIN}/pgbench"))
-                .args([
-                    "-i",
-                    "-s",
-                    "1",
-                    "-q",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &m.pg_port.to_string(),
-                ])
+                .args(["-i", "-s", "1", "-q", "-h"])
+                .arg(&m.dir)
+                .args(["-p", &m.pg_port.to_string()])
                 .args(["-U", APP_USER, "app"])
                 .env("PGPASSWORD", APP_PASSWORD),
             Duration::from_secs(60),
@@ -996,7 +1124,33 @@ listen primary
         )
     }
 
+    /// PgBouncer's [databases] host and port: HAProxy, or the `pg` Service
+    /// (configmap/pgbouncer-config.yaml: `* = host=pg port=5432`); also the hooks' and the
+    /// watchdog's upstream.
+    pub fn upstream(&self) -> String {
+        if self.net.is_some() {
+            format!("pg:{}", netns::PG_PORT)
+        } else {
+            format!("127.0.0.1:{}", self.haproxy_port)
+        }
+    }
+
     fn start_pgbouncer(&mut self, i: usize) -> Res<()> {
+        if let Some(net) = self.net.as_mut() {
+            let p = net.add_pod(&format!("pgbouncer{}", i + 1))?;
+            self.bouncers[i].ns = Some(p.ns);
+            self.bouncers[i].ip = Some(p.ip);
+        }
+        let (host, port) = self
+            .upstream()
+            .rsplit_once(':')
+            .map(|(h, p)| (h.to_string(), p.to_string()))
+            .unwrap();
+        let listen = if self.net.is_some() {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        };
         let b = &self.bouncers[i];
         let userlist = b.dir.join("userlist.txt");
         write(
@@ -1008,9 +1162,9 @@ listen primary
             &ini,
             &format!(
                 r#"[databases]
-app = host=127.0.0.1 port={hap} dbname=app
+app = host={host} port={uport} dbname=app
 [pgbouncer]
-listen_addr = 127.0.0.1
+listen_addr = {listen}
 listen_port = {port}
 unix_socket_dir =
 auth_type = scram-sha-256
@@ -1028,7 +1182,7 @@ ignore_startup_parameters = extra_float_digits
                     .iter()
                     .map(|l| format!("{l}\n"))
                     .collect::<String>(),
-                hap = self.haproxy_port,
+                uport = port,
                 port = b.port,
                 userlist = userlist.display(),
                 log = b.log_path().display(),
@@ -1037,6 +1191,7 @@ ignore_startup_parameters = extra_float_digits
         chown_postgres(&b.dir);
         let mut cmd = as_postgres(&b.bin);
         cmd.arg(&ini);
+        let cmd = in_pod(cmd, b.ns.as_deref());
         let p = Proc::spawn(
             &format!("pgbouncer{}", i + 1),
             cmd,
@@ -1044,12 +1199,53 @@ ignore_startup_parameters = extra_float_digits
         )?;
         self.bouncers[i].proc = Some(p);
         let port = self.bouncers[i].port;
+        let ns = self.bouncers[i].ns.clone();
         wait_for(
             "pgbouncer listening",
             Duration::from_secs(20),
             Duration::from_millis(100),
-            || port_open(port).then_some(()),
-        )
+            || {
+                netns::in_ns(ns.as_deref(), || Ok(port_open(port)))
+                    .unwrap_or(false)
+                    .then_some(())
+            },
+        )?;
+        if let Some(max) = self.opts.watchdog {
+            self.start_watchdog(i, max)?;
+        }
+        Ok(())
+    }
+
+    /// PgBouncer pod `i` deleted: its watchdog sidecar and PgBouncer stopped (SIGTERM,
+    /// `grace`, SIGKILL: PgBouncer closes its connections on SIGTERM... only after its
+    /// clients are gone, so a short grace ends in SIGKILL), then its network is gone: its
+    /// address answers nothing and `pgbouncer-admin` no longer names it.
+    pub fn delete_bouncer_pod(&mut self, i: usize, grace: Duration) {
+        log(format!("delete pod pgbouncer{} (grace {grace:?})", i + 1));
+        if let Some(mut w) = self.bouncers[i].watchdog.take() {
+            w.stop(grace);
+        }
+        if let Some(mut p) = self.bouncers[i].proc.take() {
+            p.stop(grace);
+            self.bouncers[i].gone.push(now_us());
+        }
+        if let Some(net) = self.net.as_mut() {
+            net.del_pod(&format!("pgbouncer{}", i + 1));
+        }
+        self.bouncers[i].ns = None;
+        self.bouncers[i].ip = None;
+    }
+
+    /// The Deployment's replacement for PgBouncer pod `i`: a fresh pod (new address, in
+    /// `pgbouncer-admin` from now on), PgBouncer not paused, with its watchdog.
+    pub fn start_bouncer_pod(&mut self, i: usize) -> Res<()> {
+        self.start_pgbouncer(i)?;
+        log(format!(
+            "pod pgbouncer{} started at {:?}",
+            i + 1,
+            self.bouncers[i].ip
+        ));
+        Ok(())
     }
 
     /// Patroni's view of the cluster (GET /cluster on the first member that answers).
@@ -1058,7 +1254,7 @@ ignore_startup_parameters = extra_float_digits
             if m.proc.is_none() {
                 continue;
             }
-            if let Ok((200, body)) = http_get(m.rest_port, "/cluster") {
+            if let Ok((200, body)) = m.http("GET", "/cluster", "") {
                 if let Ok(v) = serde_json::from_str(&body) {
                     return Some(v);
                 }
@@ -1127,23 +1323,27 @@ ignore_startup_parameters = extra_float_digits
     fn patronictl(&self) -> Command {
         let mut c = Command::new(self.tools.venv.join("bin/patronictl"));
         c.arg("-c").arg(&self.members[0].cfg).env("TZ", "UTC");
-        c
+        in_pod(c, self.app_ns.as_deref())
     }
 
     pub fn switchover(&self, from: &str, to: &str) -> Res<String> {
+        run_ok(&mut self.switchover_cmd(from, to), Duration::from_secs(90))
+    }
+
+    /// The `patronictl switchover` command of `switchover`, to run in the background.
+    pub fn switchover_cmd(&self, from: &str, to: &str) -> Command {
         log(format!("patronictl switchover {from} -> {to}"));
-        run_ok(
-            self.patronictl().args([
-                "switchover",
-                &self.scope,
-                "--leader",
-                from,
-                "--candidate",
-                to,
-                "--force",
-            ]),
-            Duration::from_secs(90),
-        )
+        let mut c = self.patronictl();
+        c.args([
+            "switchover",
+            &self.scope,
+            "--leader",
+            from,
+            "--candidate",
+            to,
+            "--force",
+        ]);
+        c
     }
 
     /// `patronictl edit-config --force -p NAME=VALUE ...`: dynamic configuration, so every
@@ -1252,8 +1452,7 @@ ignore_startup_parameters = extra_float_digits
                 continue;
             }
             self.write_patroni_cfg(i);
-            let port = self.members[i].rest_port;
-            let (st, body) = http_req(port, "POST", "/reload", "")?;
+            let (st, body) = self.members[i].http("POST", "/reload", "")?;
             if st != 202 && st != 200 {
                 return Err(format!("reload {}: {st} {body}", self.members[i].name));
             }
@@ -1290,8 +1489,13 @@ ignore_startup_parameters = extra_float_digits
         for h in self.controllers.drain(..) {
             let _ = h.join();
         }
-        for mut w in self.watchdogs.drain(..) {
-            w.stop(Duration::from_secs(5));
+        if let Some(mut e) = self.endpoints.take() {
+            e.stop();
+        }
+        for b in self.bouncers.iter_mut() {
+            if let Some(mut w) = b.watchdog.take() {
+                w.stop(Duration::from_secs(5));
+            }
         }
         for mut p in self.admin_proxies.drain(..) {
             p.stop();
@@ -1353,6 +1557,8 @@ ignore_startup_parameters = extra_float_digits
         if let Some(mut e) = self.etcd.take() {
             e.stop(Duration::from_secs(5));
         }
+        // every namespace, veth and rule of the pod network
+        self.net = None;
         if !self.keep {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
@@ -1426,6 +1632,11 @@ impl Cluster {
             Duration::from_millis(20),
             || (!postmaster_running(&data)).then_some(()),
         );
+        if let Some(net) = self.net.as_mut() {
+            net.del_pod(name);
+            self.members[i].ns = None;
+            self.members[i].ip = None;
+        }
         let end = PodEnd {
             killed,
             took_us: now_us() - t0,
@@ -1448,6 +1659,11 @@ impl Cluster {
         }
         let delay = self.opts.controller_delay;
         let with = self.hooks != Hooks::Off;
+        if let Some(net) = self.net.as_mut() {
+            let p = net.add_pod(name)?;
+            self.members[i].ns = Some(p.ns);
+            self.members[i].ip = Some(p.ip);
+        }
         let m = &self.members[i];
         write(&m.cfg, &self.patroni_cfg(i, with && delay.is_zero()));
         chown_postgres(&m.cfg);
@@ -1465,10 +1681,17 @@ impl Cluster {
             let cfg = self.members[i].cfg.clone();
             let text = self.patroni_cfg(i, true);
             let port = self.members[i].rest_port;
+            let ns = self.members[i].ns.clone();
             let stop = self.controller_stop.clone();
             let done = self.reconciled.clone();
             let name = name.to_string();
             self.controllers.push(std::thread::spawn(move || {
+                if let Some(ns) = ns {
+                    if let Err(e) = netns::enter(&ns) {
+                        log(format!("controller stand-in: {e}"));
+                        return;
+                    }
+                }
                 controller(&name, delay, &cfg, &text, port, &stop, &done)
             }));
         }
@@ -1484,22 +1707,21 @@ impl Cluster {
         Ok(end)
     }
 
-    /// The watchdog beside PgBouncer `i`: host side (outside every pod), as a sidecar in
-    /// PgBouncer's Deployment. `--upstream` is PgBouncer's own [databases] address (HAProxy);
-    /// passwords travel in the environment.
+    /// The watchdog beside PgBouncer `i`, as a sidecar in PgBouncer's Deployment: host side
+    /// (outside every pod) on loopback, in the PgBouncer pod's network namespace on the pod
+    /// network. `--upstream` is PgBouncer's own [databases] address (HAProxy, or the `pg`
+    /// Service); passwords travel in the environment. The one place the watchdog starts.
     fn start_watchdog(&mut self, i: usize, max_pause: Duration) -> Res<()> {
         let b = &self.bouncers[i];
         let mut cmd = Command::new(self.tools.hooks_dir.join("pgbouncer-watchdog"));
         cmd.args(watchdog_args(
             &b.admin_url(),
-            &format!(
-                "postgresql://{APP_USER}@127.0.0.1:{}/app",
-                self.haproxy_port
-            ),
+            &format!("postgresql://{APP_USER}@{}/app", self.upstream()),
             max_pause,
         ))
         .env("PGBOUNCER_PASSWORD", ADMIN_PASSWORD)
         .env("PGPASSWORD", APP_PASSWORD);
+        let cmd = in_pod(cmd, b.ns.as_deref());
         let p = Proc::spawn(
             &format!("watchdog{}", i + 1),
             cmd,
@@ -1511,7 +1733,7 @@ impl Cluster {
             i + 1,
             p.pid()
         ));
-        self.watchdogs.push(p);
+        self.bouncers[i].watchdog = Some(p);
         Ok(())
     }
 }
@@ -1582,4 +1804,22 @@ fn controller(
     log(format!(
         "controller stand-in: {name}'s Patroni never accepted /reload"
     ));
+}
+
+/// `cmd` as is, or run in network namespace `ns` (`ip netns exec`, which execs: the PID is
+/// the program's), with the same arguments, environment and working directory.
+pub fn in_pod(cmd: Command, ns: Option<&str>) -> Command {
+    let Some(ns) = ns else { return cmd };
+    let mut c = netns::exec_in(ns, cmd.get_program());
+    c.args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        c.current_dir(d);
+    }
+    c
 }

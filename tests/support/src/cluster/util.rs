@@ -79,10 +79,29 @@ pub fn http_get(port: u16, path: &str) -> Res<(u16, String)> {
 }
 
 pub fn http_req(port: u16, method: &str, path: &str, body: &str) -> Res<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1))
-        .map_err(|e| format!("connect :{port}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    s.set_write_timeout(Some(Duration::from_secs(5))).ok();
+    http_at(
+        ([127, 0, 0, 1], port).into(),
+        method,
+        path,
+        body,
+        Duration::from_secs(5),
+    )
+}
+
+/// A plain HTTP/1.0 request to `addr` (connect bounded by 1 s, reads and writes by `io`);
+/// returns (status, body).
+pub fn http_at(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    io: Duration,
+) -> Res<(u16, String)> {
+    let port = addr.port();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1).min(io))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(io)).ok();
+    s.set_write_timeout(Some(io)).ok();
     let req = format!(
         "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()

@@ -8,8 +8,28 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::netns;
 use super::util::*;
 use super::{Bouncer, ADMIN_PASSWORD, ADMIN_USER, APP_PASSWORD, APP_USER, PG_BIN};
+
+/// Where a client connects: host and port, from network namespace `ns` (None: here).
+#[derive(Clone, Debug)]
+pub struct Dest {
+    pub host: String,
+    pub port: u16,
+    pub ns: Option<String>,
+}
+
+impl Dest {
+    /// 127.0.0.1:port, from here.
+    pub fn local(port: u16) -> Dest {
+        Dest {
+            host: "127.0.0.1".into(),
+            port,
+            ns: None,
+        }
+    }
+}
 
 pub struct Pgbench {
     pub tag: String,
@@ -40,37 +60,44 @@ pub struct PgbenchResult {
 impl Pgbench {
     /// `pgbench -c C -j C -T secs -P 1 -l -n` against PgBouncer's `app` database.
     pub fn start(dir: &Path, tag: &str, port: u16, clients: u32, secs: u64) -> Res<Pgbench> {
+        Pgbench::start_via(dir, tag, &Dest::local(port), clients, secs)
+    }
+
+    /// `start` against `to` (from its network namespace).
+    pub fn start_via(dir: &Path, tag: &str, to: &Dest, clients: u32, secs: u64) -> Res<Pgbench> {
         use std::os::unix::process::CommandExt;
+        let port = to.port;
         let d = dir.join(format!("pgbench-{tag}"));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
         let out = std::fs::File::create(d.join("stdout")).map_err(|e| e.to_string())?;
         let err = std::fs::File::create(d.join("stderr")).map_err(|e| e.to_string())?;
         let c = clients.to_string();
-        let child = Command::new(format!("{PG_BIN}/pgbench"))
-            .args([
-                "-n",
-                "-c",
-                &c,
-                "-j",
-                &c,
-                "-T",
-                &secs.to_string(),
-                "-P",
-                "1",
-                "-l",
-            ])
-            .arg(format!("--log-prefix={}", d.join("pgb").display()))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                APP_USER,
-                "app",
-            ])
-            .env("PGPASSWORD", APP_PASSWORD)
+        let mut cmd = Command::new(format!("{PG_BIN}/pgbench"));
+        cmd.args([
+            "-n",
+            "-c",
+            &c,
+            "-j",
+            &c,
+            "-T",
+            &secs.to_string(),
+            "-P",
+            "1",
+            "-l",
+        ])
+        .arg(format!("--log-prefix={}", d.join("pgb").display()))
+        .args([
+            "-h",
+            &to.host,
+            "-p",
+            &port.to_string(),
+            "-U",
+            APP_USER,
+            "app",
+        ])
+        .env("PGPASSWORD", APP_PASSWORD);
+        let child = super::in_pod(cmd, to.ns.as_deref())
             .env("PGCONNECT_TIMEOUT", "10")
             .stdin(Stdio::null())
             .stdout(out)
@@ -242,8 +269,11 @@ fn rt() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-fn app_conninfo(port: u16) -> String {
-    format!("host=127.0.0.1 port={port} user={APP_USER} password={APP_PASSWORD} dbname=app connect_timeout=5")
+fn app_conninfo(to: &Dest) -> String {
+    format!(
+        "host={} port={} user={APP_USER} password={APP_PASSWORD} dbname=app connect_timeout=5",
+        to.host, to.port
+    )
 }
 
 async fn connect(conninfo: &str) -> Result<tokio_postgres::Client, String> {
@@ -275,13 +305,25 @@ pub struct ProbeResult {
 
 impl Probe {
     pub fn start(port: u16, max: Duration) -> Probe {
+        Probe::start_via(&Dest::local(port), max)
+    }
+
+    /// `start` against `to`, from its network namespace.
+    pub fn start_via(to: &Dest, max: Duration) -> Probe {
+        let to = to.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let state = Arc::new(Mutex::new(ProbeResult::default()));
         let (s2, st2) = (stop.clone(), state.clone());
         let handle = std::thread::spawn(move || {
+            if let Some(ns) = &to.ns {
+                if let Err(e) = netns::enter(ns) {
+                    st2.lock().unwrap().errors.push((now_us(), e));
+                    return;
+                }
+            }
             rt().block_on(async move {
                 let started = Instant::now();
-                let info = app_conninfo(port);
+                let info = app_conninfo(&to);
                 let mut client: Option<tokio_postgres::Client> = None;
                 // bounded: by time and by iteration count
                 for _ in 0..5_000_000u64 {
@@ -358,9 +400,22 @@ pub fn long_transaction(
     release: Arc<AtomicBool>,
     max_hold: Duration,
 ) -> std::thread::JoinHandle<Result<(), String>> {
+    long_transaction_via(&Dest::local(port), release, max_hold)
+}
+
+/// `long_transaction` against `to`, from its network namespace.
+pub fn long_transaction_via(
+    to: &Dest,
+    release: Arc<AtomicBool>,
+    max_hold: Duration,
+) -> std::thread::JoinHandle<Result<(), String>> {
+    let to = to.clone();
     std::thread::spawn(move || {
+        if let Some(ns) = &to.ns {
+            netns::enter(ns)?;
+        }
         rt().block_on(async move {
-            let c = connect(&app_conninfo(port)).await?;
+            let c = connect(&app_conninfo(&to)).await?;
             c.simple_query("BEGIN; INSERT INTO e2e_probe (client) VALUES ('long')")
                 .await
                 .map_err(|e| format!("begin: {}", err_text(&e)))?;
@@ -386,42 +441,47 @@ pub fn long_transaction(
 /// Is PgBouncer paused? `SHOW STATE` (>= 1.19), else RESUME and look for
 /// `pooler is not paused/suspended`.
 pub fn bouncer_paused(b: &Bouncer) -> Res<bool> {
+    if b.proc.is_none() {
+        return Err("PgBouncer is not running".into());
+    }
     let info = format!(
         "host=127.0.0.1 port={} user={ADMIN_USER} password={ADMIN_PASSWORD} dbname=pgbouncer connect_timeout=5",
         b.port
     );
     let ver = b.version;
-    rt().block_on(async move {
-        let c = connect(&info).await?;
-        if ver >= (1, 19) {
-            let msgs = c
-                .simple_query("SHOW STATE")
-                .await
-                .map_err(|e| format!("SHOW STATE: {}", err_text(&e)))?;
-            for m in msgs {
-                if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
-                    if r.get(0) == Some("paused") {
-                        return Ok(r.get(1) == Some("yes"));
+    netns::in_ns(b.ns.as_deref(), || {
+        rt().block_on(async move {
+            let c = connect(&info).await?;
+            if ver >= (1, 19) {
+                let msgs = c
+                    .simple_query("SHOW STATE")
+                    .await
+                    .map_err(|e| format!("SHOW STATE: {}", err_text(&e)))?;
+                for m in msgs {
+                    if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                        if r.get(0) == Some("paused") {
+                            return Ok(r.get(1) == Some("yes"));
+                        }
+                    }
+                }
+                Err("SHOW STATE: no `paused` row".into())
+            } else {
+                match c.simple_query("RESUME").await {
+                    Ok(_) => Ok(true),
+                    Err(e) => {
+                        let msg = e
+                            .as_db_error()
+                            .map(|d| d.message().to_string())
+                            .unwrap_or(e.to_string());
+                        if msg.contains("not paused") {
+                            Ok(false)
+                        } else {
+                            Err(format!("RESUME: {msg}"))
+                        }
                     }
                 }
             }
-            Err("SHOW STATE: no `paused` row".into())
-        } else {
-            match c.simple_query("RESUME").await {
-                Ok(_) => Ok(true),
-                Err(e) => {
-                    let msg = e
-                        .as_db_error()
-                        .map(|d| d.message().to_string())
-                        .unwrap_or(e.to_string());
-                    if msg.contains("not paused") {
-                        Ok(false)
-                    } else {
-                        Err(format!("RESUME: {msg}"))
-                    }
-                }
-            }
-        }
+        })
     })
 }
 
@@ -432,25 +492,28 @@ pub fn bouncer_admin(b: &Bouncer, sql: &str) -> Res<()> {
         b.port
     );
     let sql = sql.to_string();
-    rt().block_on(async move {
-        let c = connect(&info).await?;
-        c.simple_query(&sql)
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("{sql}: {}", err_text(&e)))
+    netns::in_ns(b.ns.as_deref(), || {
+        rt().block_on(async move {
+            let c = connect(&info).await?;
+            c.simple_query(&sql)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{sql}: {}", err_text(&e)))
+        })
     })
 }
 
 /// The paused intervals in PgBouncer's PAUSE/RESUME log events, as (start, length) in µs: a
 /// PAUSE while paused (PgBouncer refuses it) and a RESUME while not paused change nothing; a
-/// pause still open at `end` lasts until `end`.
+/// pause ends with the PgBouncer (`GONE`: its pod deleted); a pause still open at `end`
+/// lasts until `end`.
 pub fn pause_spans(events: &[(i64, String)], end: i64) -> Vec<(i64, i64)> {
     let mut out = vec![];
     let mut since: Option<i64> = None;
     for (t, e) in events {
         match (e.as_str(), since) {
             ("PAUSE", None) => since = Some(*t),
-            ("RESUME", Some(s)) => {
+            ("RESUME" | "GONE", Some(s)) => {
                 out.push((s, t - s));
                 since = None;
             }
