@@ -264,3 +264,39 @@ async fn without_show_state_only_marked_pauses_are_seen() {
     );
     assert_eq!(m.pause, None);
 }
+
+#[tokio::test]
+async fn re_resolved_targets_keep_what_is_known_of_those_still_there() {
+    let resolve = |hosts: &'static str| async move {
+        crate::pgbouncer::Url::parse(&format!("postgresql://a@{hosts}/pgbouncer"))
+            .unwrap()
+            .resolve(None, Duration::from_secs(1))
+            .await
+            .unwrap()
+    };
+    let mut watched = Vec::new();
+    merge_targets(&mut watched, resolve("10.0.0.1:6432,10.0.0.2:6432").await);
+    assert_eq!(watched.len(), 2);
+    // What the watchdog knows of 10.0.0.2: a hooks' pause, and no SHOW STATE there.
+    watched[1].no_show_state = true;
+    watched[1].memory.pause = Some(Pause {
+        since: Instant::now(),
+        since_wall: SystemTime::now(),
+        owner: Owner::Hooks(vec!["m1@1".into()]),
+        before: None,
+        next_try: None,
+        tries: 0,
+    });
+    // The name now lists 10.0.0.2 and a new pod, 10.0.0.3; 10.0.0.1 is gone.
+    merge_targets(&mut watched, resolve("10.0.0.2:6432,10.0.0.3:6432").await);
+    let shown: Vec<&str> = watched.iter().map(|w| w.target.shown.as_str()).collect();
+    assert_eq!(
+        shown,
+        [
+            "postgresql://a@10.0.0.2:6432/pgbouncer",
+            "postgresql://a@10.0.0.3:6432/pgbouncer"
+        ]
+    );
+    assert!(watched[0].no_show_state && watched[0].memory.pause.is_some());
+    assert!(!watched[1].no_show_state && watched[1].memory.pause.is_none());
+}
