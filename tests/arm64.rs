@@ -225,6 +225,15 @@ fn arm64_hooks_pause_and_resume_a_real_pgbouncer() {
     ]
     .map(String::from)
     .into();
+    // The pause's mark, as its safety net would hold it: the net is the same binary started
+    // again by its own path, which fails here with "Exec format error" (qemu-user without
+    // binfmt_misc), as it would not on an arm64 node. tests/hooks.rs covers the net itself.
+    let _net = common::session::Session::open(
+        &pgb.admin_url(),
+        PgBouncer::ADMIN_PASSWORD,
+        "pph-pause/m1@arm64",
+    )
+    .expect("the stand-in for the net's mark");
     let (out, stderr) = hook("before-stop", &args).unwrap();
     assert!(out.status.success(), "before-stop: {out:?}\n{stderr}");
     assert_eq!(results(&stderr, "PAUSE"), ["paused"], "{stderr}");
