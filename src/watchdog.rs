@@ -269,12 +269,32 @@ struct Problems {
 }
 
 impl Problems {
-    fn update(&mut self, now: BTreeMap<&'static str, String>) {
+    /// `now`: what failed in this look; `route_sampled`: whether this look asked the route (a
+    /// look that did not cannot say the route's failure has cleared).
+    fn update(&mut self, now: BTreeMap<&'static str, String>, route_sampled: bool) {
         let mut next = BTreeMap::new();
+        if !route_sampled {
+            for kind in ["route", "other-cluster"] {
+                if let Some(was) = self.active.get(kind) {
+                    next.insert(kind, was.clone());
+                }
+            }
+        }
         for (kind, detail) in now {
             *self.counts.entry(kind).or_default() += 1;
             let since = match self.active.get(kind) {
                 Some((_, since)) => *since,
+                // A route without a primary is what every switchover looks like for a moment.
+                None if kind == "route" => {
+                    tracing::warn!(
+                        event = "watchdog",
+                        action = "failing",
+                        kind,
+                        "watchdog cannot {}: {detail}",
+                        what(kind)
+                    );
+                    std::time::Instant::now()
+                }
                 None => {
                     tracing::error!(
                         event = "watchdog",
@@ -408,7 +428,7 @@ async fn watch(settings: &Settings, shared: Shared) -> Result<()> {
                 }
             }
         }
-        problems.update(failing);
+        problems.update(failing, due && !settings.upstreams.is_empty());
         publish(&shared, &watched, &problems, route.latest.as_ref());
         let spent = look_started.elapsed();
         tokio::time::sleep(interval.saturating_sub(spent)).await;

@@ -462,6 +462,11 @@ fn n_delete_bouncer_in_pause(p: u8) {
     let mut opts = net_opts("delete-pgbouncer-in-pause", p, LAG);
     opts.hook_env
         .push(("HOOKS_PAUSE_TIMEOUT".into(), "3s".into()));
+    // The switchover waits out the held transaction (3 s) before Postgres stops: a 5 s
+    // --max-pause ended the pause while the old primary shut down (CI, Patroni 3: 4 clients
+    // aborted, "terminating connection due to administrator command"). This scenario is about
+    // the deleted PgBouncer pod, so the watchdog's bound stays out of its way.
+    opts.watchdog = Some(Duration::from_secs(20));
     let (o, _c) = scenario(opts, "delete-pgbouncer-in-pause", 30, true, |c, f| {
         leader_is(c, "m1")?;
         let t0 = now_us();
