@@ -328,7 +328,8 @@ fn switchover(build: PgBouncerBuild, with_upstream: bool, login_retry: u64) -> O
     let promotion = Promotion::watch(&b);
 
     // before-stop's part, then the leader stops.
-    pgb.admin("PAUSE").unwrap_or_else(|e| panic!("PAUSE: {e}"));
+    // A hooks' pause (marked as before-stop marks it), held for the whole scene.
+    let _mark = pgb.hooks_pause("route@1");
     let tx = "INSERT INTO public.t (v) VALUES ('route'); SELECT inet_server_port()";
     let held = common::spawn_psql(&pgb.app_url(), tx);
     a.stop_fast();
@@ -658,7 +659,7 @@ fn measure_server_login_retry_1_without_upstream() {
 /// on-role-change with `--upstream` pointing straight at `member` (no lag) through an
 /// URL with other session settings: the route must be recognised at once.
 fn direct_route(member: &Postgres, pgb: &PgBouncer, callback: &[&str]) -> (Duration, String) {
-    pgb.admin("PAUSE").unwrap_or_else(|e| panic!("PAUSE: {e}"));
+    let _mark = pgb.hooks_pause("route@2");
     // Another database or role, or `options=`, may bring another TimeZone and DateStyle.
     let upstream = format!(
         "postgresql://postgres@127.0.0.1:{}/template1?options=-c%20TimeZone%3DPacific%2FChatham%20-c%20DateStyle%3DGerman",
