@@ -146,7 +146,11 @@ async fn hand_over_mark(max_pause: Duration, id: &str, until: Instant) {
             return;
         }
     };
-    let left = until.saturating_duration_since(Instant::now());
+    // The net tries each PgBouncer once for at most a second before it says so; the stop
+    // waits no longer than this for it (a slow net still holds the mark a moment later).
+    let left = until
+        .saturating_duration_since(Instant::now())
+        .min(Duration::from_secs(3));
     let held = tokio::task::spawn_blocking(move || worker.wait_for_word(HOLDING, left)).await;
     if !matches!(held, Ok(true)) {
         tracing::warn!(

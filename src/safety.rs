@@ -29,6 +29,8 @@ const POLL: Duration = Duration::from_millis(250);
 pub const HOLD_LIMIT: Duration = Duration::from_secs(600);
 /// How long the deadline's RESUME is tried again.
 const RESUME_RETRY: Duration = Duration::from_secs(30);
+/// The first connection to each PgBouncer, before the net says it holds the mark.
+const HANDOVER: Duration = Duration::from_secs(1);
 
 /// Holds pause `id`'s mark on every PgBouncer, calls `holding` once every reachable one is
 /// marked, and RESUMEs what is still in this pause at `max_pause` (zero: never). Returns how
@@ -39,11 +41,14 @@ pub async fn watch(fleet: &Fleet, max_pause: Duration, id: &str, holding: impl F
     let deadline = started + if resumes { max_pause } else { HOLD_LIMIT };
     let (connect_timeout, command_timeout) = (fleet.connect_timeout, fleet.command_timeout);
     let mark = owner::pause_mark(id);
+    // before-stop waits for `holding` before the stop goes on: a PgBouncer that does not answer
+    // at once (a deleted pod's address hangs) is tried again in its watch, not waited for here.
+    let first_try = connect_timeout.min(HANDOVER);
     let driven = fleet
-        .drive(connect_timeout, |target| {
+        .drive(first_try, |target| {
             let marked = target.named(&mark);
             async move {
-                let admin = Admin::connect(&marked, connect_timeout).await;
+                let admin = Admin::connect(&marked, first_try).await;
                 Ok((marked, admin))
             }
         })
