@@ -234,6 +234,11 @@ impl Admin {
         }
     }
 
+    /// The session ended (PgBouncer closed it, or went away).
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
     /// `Ok(None)` when this PgBouncer has no `SHOW STATE` (before 1.19).
     pub async fn state(&self) -> Result<Option<State>> {
         match self.query("SHOW STATE").await {

@@ -165,8 +165,15 @@ async fn watch_one(
                     // would only fill its log with errors. Hold the mark to the deadline.
                     tracing::info!(pgbouncer, "safety net: this PgBouncer has no SHOW STATE (< 1.19); the mark is held to the deadline");
                     no_show_state = true;
-                    tokio::time::sleep_until(deadline).await;
-                    break;
+                    // Until the deadline, unless PgBouncer goes away (then its pause is gone).
+                    while !left().is_zero() && !session.is_closed() {
+                        tokio::time::sleep(POLL.min(left())).await;
+                    }
+                    if !session.is_closed() {
+                        break;
+                    }
+                    tracing::info!(pgbouncer, event = "safety-net", action = "gone", "safety net: PgBouncer closed the session (it stopped, and its pause with it)");
+                    return false;
                 }
                 _ => admin = None,
             }
