@@ -68,11 +68,6 @@ impl Owner {
             other => other,
         }
     }
-
-    /// Whether the hooks own the pause `id`.
-    pub fn is_hooks(&self, id: &str) -> bool {
-        matches!(self, Owner::Hooks(ids) if ids.iter().any(|i| i == id))
-    }
 }
 
 /// Ownership from the `application_name`s of the connected admin sessions. PgBouncer's
@@ -158,9 +153,6 @@ mod tests {
         for (names, want) in table {
             assert_eq!(owner(names), want, "{names:?}");
         }
-        assert!(hooks(&["a", "b"]).is_hooks("b"));
-        assert!(!Owner::Other.is_hooks("b"));
-        assert!(!Owner::Held(vec!["b".into()]).is_hooks("b"));
         assert_eq!(hooks(&["a"]).without("a"), Owner::Other);
         assert_eq!(hooks(&["a", "b"]).without("a"), hooks(&["b"]));
         assert_eq!(Owner::Held(vec![]).without("a"), Owner::Held(vec![]));

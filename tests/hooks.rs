@@ -50,10 +50,6 @@ fn run_leaving(cmd: Command) -> (Output, String) {
     (out, stderr)
 }
 
-fn hooks_pause(pgb: &PgBouncer, id: &str) -> common::session::Session {
-    pgb.hooks_pause(id)
-}
-
 fn before_stop(
     view: &std::path::Path,
     pgbouncers: &[&PgBouncer],
@@ -324,7 +320,7 @@ fn on_role_change_waits_for_promotion_before_resuming() {
     let primary = Postgres::start_primary();
     let standby = Postgres::start_standby(&primary);
     let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", standby.port);
-    let _mark = hooks_pause(&pgb, "test@1");
+    let _mark = pgb.hooks_pause("test@1");
 
     let mut cmd = on_role_change(&standby, &[&pgb], &["on_role_change", "primary", "demo"]);
     cmd.stdout(std::process::Stdio::null())
@@ -377,7 +373,7 @@ fn a_standby_that_never_promotes_gets_no_resume() {
     let primary = Postgres::start_primary();
     let standby = Postgres::start_standby(&primary);
     let pgb = PgBouncer::start(PgBouncerBuild::Debian, "127.0.0.1", primary.port);
-    let _mark = hooks_pause(&pgb, "test@1");
+    let _mark = pgb.hooks_pause("test@1");
     let (out, stderr) = run(on_role_change(
         &standby,
         &[&pgb],
@@ -406,7 +402,7 @@ fn standby_leader_resumes_without_waiting_and_replica_does_nothing() {
     let primary = Postgres::start_primary();
     let standby = Postgres::start_standby(&primary);
     let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", primary.port);
-    let _mark = hooks_pause(&pgb, "test@1");
+    let _mark = pgb.hooks_pause("test@1");
     let (out, stderr) = run(on_role_change(
         &standby,
         &[&pgb],
@@ -557,7 +553,7 @@ fn a_callback_killed_mid_wait_still_resumes() {
     let primary = Postgres::start_primary();
     let standby = Postgres::start_standby(&primary);
     let pgb = PgBouncer::start(PgBouncerBuild::Debian, "127.0.0.1", standby.port);
-    let _mark = hooks_pause(&pgb, "test@1");
+    let _mark = pgb.hooks_pause("test@1");
     let log = pgb.dir.join("on-role-change.log");
     let mut cmd = on_role_change(&standby, &[&pgb], &["on_role_change", "master", "demo"]);
     cmd.process_group(0);
@@ -801,7 +797,7 @@ fn without_fork_the_callback_resumes_in_its_own_process() {
     // PgBouncer, a limit of 1 makes every fork of the hook fail, as a pids limit would.
     let pg = Postgres::start_primary();
     let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
-    let _mark = hooks_pause(&pgb, "test@1");
+    let _mark = pgb.hooks_pause("test@1");
     let mut cmd = common::client("setpriv");
     cmd.args([
         "--reuid=postgres",
@@ -842,7 +838,7 @@ fn a_stale_route_resumes_only_if_this_member_is_still_primary() {
     let route = SwitchProxy::start(0, elsewhere.port);
     let upstream = format!("postgresql://postgres@127.0.0.1:{}/postgres", route.port);
     let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", local.port);
-    let _mark = hooks_pause(&pgb, "test@1");
+    let _mark = pgb.hooks_pause("test@1");
     let cmd = on_role_change(
         &local,
         &[&pgb],
@@ -1066,7 +1062,7 @@ fn the_watchdog_resumes_once_the_route_reaches_a_new_primary_not_before() {
     let mut dog = watchdog(&pgb, &["--upstream", &upstream, "--max-pause", "30s"], &log);
     std::thread::sleep(Duration::from_millis(500));
     // The outgoing primary drains and stops: the route still leads to it, then to nothing.
-    let _mark = hooks_pause(&pgb, "test@1");
+    let _mark = pgb.hooks_pause("test@1");
     std::thread::sleep(Duration::from_millis(800));
     assert!(
         pgb.is_paused(),
@@ -1116,7 +1112,7 @@ fn the_watchdog_ends_any_pause_at_max_pause_and_the_next_one_again() {
     let log = pgb.dir.join("watchdog.log");
     let mut dog = watchdog(&pgb, &["--max-pause", "2s"], &log);
     for round in 1..=2 {
-        let _mark = hooks_pause(&pgb, "test@1");
+        let _mark = pgb.hooks_pause("test@1");
         let paused = Instant::now();
         common::wait_until(
             "the watchdog's RESUME",
@@ -1144,7 +1140,7 @@ fn the_watchdog_ends_any_pause_at_max_pause_and_the_next_one_again() {
 fn a_resume_that_cannot_reach_pgbouncer_at_first_is_tried_again() {
     let pg = Postgres::start_primary();
     let pgb = PgBouncer::start(PgBouncerBuild::Trixie, "127.0.0.1", pg.port);
-    let _mark = hooks_pause(&pgb, "test@1");
+    let _mark = pgb.hooks_pause("test@1");
     // The admin console's address refuses connections until the first RESUME failed.
     let port = common::free_port();
     let url = format!(
@@ -1465,7 +1461,7 @@ fn an_orphaned_hooks_pause_ends_within_the_documented_bound() {
     for run in 1..=3 {
         let id = format!("orphan@{run}");
         let paused_at = Instant::now();
-        let mark = hooks_pause(&pgb, &id);
+        let mark = pgb.hooks_pause(&id);
         // The watchdog has seen the mark and holds it itself; then every other process dies.
         wait_event(&log, "relay", |e| e["pause_id"] == id.as_str());
         drop(mark);
@@ -1664,7 +1660,7 @@ fn watchdog_costs() {
     }
     let scrape_ms = t.elapsed().as_secs_f64() * 1000.0 / 100.0;
     // A hooks' pause; the old primary stops; the route switches to the promoted standby.
-    let mark = hooks_pause(&pgb, "costs@1");
+    let mark = pgb.hooks_pause("costs@1");
     wait_event(&log, "relay", |e| e["pause_id"] == "costs@1");
     primary.stop();
     standby.promote();
